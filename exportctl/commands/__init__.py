@@ -1,0 +1,1 @@
+"""One module per `exportctl` command; see `exportctl.cli`."""
