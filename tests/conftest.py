@@ -37,6 +37,16 @@ EXTERNAL_SERVICE_VARIABLES = {
 }
 
 
+DATABASE_FIXTURES = frozenset({"database_url", "empty_database_url", "template_database"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a database, so CI can run them again on another server."""
+    for item in items:
+        if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.database)
+
+
 def _external_services() -> dict[str, str]:
     environ = os.environ
     return {
