@@ -17,6 +17,7 @@ from pipelines.errors import ExportError
 COMMAND_MODULES = (
     "test",
     "dev",
+    "db",
 )
 
 
