@@ -78,17 +78,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackEndpoints]:
 
 
 @pytest.fixture(scope="session")
-def template_database(stack: StackEndpoints) -> str:
+def template_database(stack: StackEndpoints) -> Iterator[str]:
     """The name of a database holding `schema.sql`, used as the template for each test."""
     from pipelines.schema import apply_schema
 
     name = f"tmpl_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(stack.database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    with psycopg.connect(_with_database(stack.database_url, name)) as conn:
-        apply_schema(conn)
-        conn.commit()
-    return name
+    try:
+        with psycopg.connect(_with_database(stack.database_url, name)) as conn:
+            apply_schema(conn)
+            conn.commit()
+        yield name
+    finally:
+        _drop_database(stack.database_url, name)
 
 
 def _create_database(server_url: str, *, template: str | None) -> str:
