@@ -1,0 +1,103 @@
+"""Encode an export stream as one JSON document, one record per line inside the table arrays.
+
+Values stay PostgreSQL text: bigint and jsonb are embedded unparsed with `orjson.Fragment`,
+timestamps become ISO 8601 with `Z`. The line layout (docs/formats.md) lets a reader stream the
+document line by line while any JSON parser still reads it whole. No I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Final
+
+import orjson
+
+from pipelines.formats.metadata import header_fields, trailer_fields
+from pipelines.formats.values import iso_timestamp
+from pipelines.records import ExportHeader, Row, RowBatch, Table
+from pipelines.serializers.common import Chunk, ResumePoint, Sections
+
+FORMAT_NAME: Final = "data-export"
+
+_BOOLEANS: Final = {"t": True, "f": False}
+
+RowObjects = Callable[[Sequence[Row]], list[bytes]]
+
+
+def _boolean(text: str) -> bool:
+    return _BOOLEANS[text]
+
+
+_CONVERTERS: Final[dict[str, Callable[[str], object]]] = {
+    "bigint": orjson.Fragment,
+    "jsonb": orjson.Fragment,
+    "boolean": _boolean,
+    "timestamptz": iso_timestamp,
+}
+
+
+def row_objects(table: Table, *, prefix: bytes = b"") -> RowObjects:
+    """Return a function encoding rows of `table` as JSON objects, `prefix` spliced after `{`."""
+    names = table.column_names
+    converters = [
+        (position, _CONVERTERS[column.kind])
+        for position, column in enumerate(table.columns)
+        if column.kind in _CONVERTERS
+    ]
+    dumps = orjson.dumps
+    opening = b"{" + prefix
+
+    def encode(rows: Sequence[Row]) -> list[bytes]:
+        out: list[bytes] = []
+        append = out.append
+        for row in rows:
+            values: list[object] = list(row)
+            for position, convert in converters:
+                value = row[position]
+                if value is not None:
+                    values[position] = convert(value)
+            data = dumps(dict(zip(names, values, strict=True)))
+            append(opening + data[1:] if prefix else data)
+        return out
+
+    return encode
+
+
+def _transition(closing: Table | None, opening: Table | None) -> bytes:
+    """Return the bytes that close one table array and open the next."""
+    data = b"\n]" if closing is not None else b""
+    if opening is not None:
+        data += (b"," if closing is not None else b"") + b'\n"' + opening.name.encode() + b'":['
+    return data
+
+
+def encode_json(
+    batches: Iterable[RowBatch],
+    *,
+    tables: Sequence[Table],
+    header: ExportHeader,
+    include_metadata: bool,
+    resume: ResumePoint | None = None,
+) -> Iterator[Chunk]:
+    """Yield the JSON document for `batches`, or only its tail after `resume`."""
+    sections = Sections(tables, resume)
+    encoders = {table.name: row_objects(table) for table in sections.tables}
+    if resume is None:
+        opening = b'{"format":"' + FORMAT_NAME.encode() + b'","formatVersion":1,'
+        if include_metadata:
+            opening += b'\n"header":' + orjson.dumps(header_fields(header)) + b","
+        yield Chunk(opening, None, 0)
+    for batch in batches:
+        parts: list[bytes] = []
+        parts.extend(_transition(*step) for step in sections.enter(batch))
+        if batch.rows:
+            objects = encoders[batch.table.name](batch.rows)
+            parts.append(b",\n" if sections.counts[batch.table.name] else b"\n")
+            parts.append(b",\n".join(objects))
+        point = sections.add(batch.table, len(batch.rows))
+        yield Chunk(b"".join(parts), batch.cursor, len(batch.rows), point)
+    parts = [_transition(*step) for step in sections.finish()]
+    if include_metadata:
+        parts.append(b',\n"metadata":' + orjson.dumps(trailer_fields(sections.trailer())))
+    parts.append(b"\n}\n")
+    yield Chunk(b"".join(parts), None, 0)

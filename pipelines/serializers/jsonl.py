@@ -1,0 +1,46 @@
+"""Encode an export stream as JSON Lines: one JSON object per line, the table named in each.
+
+Every line starts with `"record_type"`: a table name for a record, `header` or `metadata` for the
+optional first and last lines. Values are written as in the JSON format. No I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import orjson
+
+from pipelines.formats.metadata import header_fields, trailer_fields
+from pipelines.records import ExportHeader, RowBatch, Table
+from pipelines.serializers.common import Chunk, ResumePoint, Sections
+from pipelines.serializers.json import FORMAT_NAME, row_objects
+
+
+def encode_jsonl(
+    batches: Iterable[RowBatch],
+    *,
+    tables: Sequence[Table],
+    header: ExportHeader,
+    include_metadata: bool,
+    resume: ResumePoint | None = None,
+) -> Iterator[Chunk]:
+    """Yield the JSON Lines for `batches`, or only the lines after `resume`."""
+    sections = Sections(tables, resume)
+    encoders = {
+        table.name: row_objects(table, prefix=b'"record_type":' + orjson.dumps(table.name) + b",")
+        for table in sections.tables
+    }
+    if resume is None and include_metadata:
+        fields = {"record_type": "header", "format": FORMAT_NAME, **header_fields(header)}
+        yield Chunk(orjson.dumps(fields) + b"\n", None, 0)
+    for batch in batches:
+        for _step in sections.enter(batch):
+            pass  # JSON Lines has no sections; entering only validates the order
+        data = b""
+        if batch.rows:
+            data = b"\n".join(encoders[batch.table.name](batch.rows)) + b"\n"
+        point = sections.add(batch.table, len(batch.rows))
+        yield Chunk(data, batch.cursor, len(batch.rows), point)
+    if include_metadata:
+        fields = {"record_type": "metadata", **trailer_fields(sections.trailer())}
+        yield Chunk(orjson.dumps(fields) + b"\n", None, 0)
