@@ -7,6 +7,7 @@ Failures answer 401 problem details with an RFC 6750 `WWW-Authenticate: Bearer` 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
@@ -54,12 +55,13 @@ class InternalCredential:
     """The shared token other processes present to internal endpoints, compared in constant time."""
 
     def __init__(self, token: str | None) -> None:
-        self._token = token.encode() if token else None
+        # Digests have one length, so the comparison time says nothing about the token's length.
+        self._digest = hashlib.sha256(token.encode()).digest() if token else None
 
     def check(self, authorization: str | None) -> None:
         """Raise AuthenticationError unless the header carries the internal token."""
-        presented = bearer_token(authorization).encode()
-        if self._token is None or not hmac.compare_digest(presented, self._token):
+        presented = hashlib.sha256(bearer_token(authorization).encode()).digest()
+        if self._digest is None or not hmac.compare_digest(presented, self._digest):
             raise AuthenticationError("The internal credential is not valid.")
 
 

@@ -129,18 +129,21 @@ class JwksKeySource:
         keys = self._keys
         fetched_at = self._fetched_at
         if fetched_at is None or self._clock() - fetched_at >= self._max_age_seconds:
-            keys = self._refresh(generation)
+            # Stale keys still verify while one thread refreshes; only a first load waits.
+            keys = self._refresh(generation, wait=fetched_at is None)
             generation = self._generation
         key = keys.get(kid)
         if key is None:
-            key = self._refresh(generation).get(kid)
+            key = self._refresh(generation, wait=True).get(kid)
         if key is None:
             raise UnknownKeyError()
         return key
 
-    def _refresh(self, seen_generation: int) -> dict[str, jwt.PyJWK]:
+    def _refresh(self, seen_generation: int, *, wait: bool) -> dict[str, jwt.PyJWK]:
         """Fetch the key set unless another thread just did or the interval has not passed."""
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return self._keys
+        try:
             now = self._clock()
             throttled = (
                 self._attempted_at is not None
@@ -148,16 +151,20 @@ class JwksKeySource:
             )
             if self._generation == seen_generation and not throttled:
                 self._attempted_at = now
-                try:
-                    keys = signing_keys(self._fetch(self._url), algorithms=self._algorithms)
-                except KeySetUnavailableError as exc:
-                    logger.warning(
-                        "JWKS refresh failed, keeping %d known keys: %s", len(self._keys), exc
-                    )
-                else:
-                    self._keys, self._loaded, self._fetched_at = keys, True, now
-                    self._generation += 1
-                    logger.info("JWKS refreshed: %d signing keys", len(keys))
+                self._fetch_keys(now)
             if not self._loaded:
                 raise KeySetUnavailableError("no JWKS keys could be loaded yet")
             return self._keys
+        finally:
+            self._lock.release()
+
+    def _fetch_keys(self, now: float) -> None:
+        """Replace the key set with a fresh one, keeping the old one if the fetch fails."""
+        try:
+            keys = signing_keys(self._fetch(self._url), algorithms=self._algorithms)
+        except KeySetUnavailableError as exc:
+            logger.warning("JWKS refresh failed, keeping %d known keys: %s", len(self._keys), exc)
+            return
+        self._keys, self._loaded, self._fetched_at = keys, True, now
+        self._generation += 1
+        logger.info("JWKS refreshed: %d signing keys", len(keys))

@@ -284,3 +284,34 @@ def test_keys_for_other_algorithms_and_encryption_keys_are_ignored(
 def test_fetch_refuses_non_http_urls() -> None:
     with pytest.raises(KeySetUnavailableError):
         fetch_jwks("file:///etc/passwd")
+
+
+def test_stale_keys_keep_verifying_while_a_slow_refresh_runs(
+    first_key: rsa.RSAPrivateKey, clock: FakeClock
+) -> None:
+    refresh_started = threading.Event()
+    host_answers = threading.Event()
+    calls: list[str] = []
+
+    def slow_fetch(url: str) -> Mapping[str, Any]:
+        calls.append(url)
+        if len(calls) > 1:
+            refresh_started.set()
+            host_answers.wait(timeout=10)
+        return {"keys": [public_jwk(first_key, "k1")]}
+
+    source = JwksKeySource(
+        "http://127.0.0.1:9/jwks", algorithms=["RS256"], fetch=slow_fetch, clock=clock
+    )
+    header = {"alg": "RS256", "kid": "k1"}
+    source.key_for(header)
+    clock.now += 301
+    refresher = threading.Thread(target=source.key_for, args=(header,))
+    refresher.start()
+    try:
+        assert refresh_started.wait(timeout=10)
+        assert source.key_for(header).key_id == "k1"
+    finally:
+        host_answers.set()
+        refresher.join()
+    assert len(calls) == 2
