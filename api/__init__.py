@@ -1,0 +1,2 @@
+"""The Falcon API: authenticates, authorizes, writes job rows and enqueues; never touches export
+bytes."""

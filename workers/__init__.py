@@ -1,0 +1,1 @@
+"""Dramatiq broker setup, thin actors and the scheduler process."""
