@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -97,6 +98,7 @@ def test_resume_from_any_recorded_point_reproduces_the_object(
 ) -> None:
     chunks = make_chunks(spec)
     parts = run(chunks, compression, part_size)
+    assert all(p.resume is not None for p in parts[:-1])
     for part in parts:
         point = part.resume
         if point is None:
@@ -153,17 +155,37 @@ def test_incompressible_chunks_smaller_than_a_part_never_split(compression: str)
     assert all(len(p.data) == part_size for p in parts[:-1])
 
 
-@pytest.mark.parametrize("compression", ["gzip", "zstd"])
-def test_a_chunk_larger_than_a_part_is_split_and_marked(compression: str) -> None:
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+def test_a_chunk_larger_than_a_part_resumes_from_the_cursor_before_it(compression: str) -> None:
     part_size = 4096
-    big = bytes(range(256)) * 100
     noise = random.Random(7).randbytes(30_000)
-    chunks = [Chunk(b"head\n", 0, 1), Chunk(noise + big, 1, 3), Chunk(b"tail\n", 2, 1)]
+    chunks = [Chunk(b"head\n", 0, 1), Chunk(noise, 1, 3), Chunk(b"tail\n", 2, 1)]
     parts = run(chunks, compression, part_size)
-    assert len(parts) > 3
-    assert any(not p.self_contained for p in parts)
-    assert all(len(p.data) == part_size for p in parts[:-1])
+    assert len(parts) > 6
+    assert all(p.self_contained for p in parts)
+    inside = [p.resume for p in parts if p.resume is not None and p.resume.cursor == 0]
+    assert len(inside) >= 5
+    assert all(point.skip_bytes > 0 for point in inside)
+    for point in inside:
+        assert run(chunks[1:], compression, part_size, resume=point) == parts[point.next_part - 1 :]
     assert content(parts, compression) == b"".join(c.data for c in chunks)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    spec=chunk_lists,
+    compression=compressions,
+    part_size=part_sizes,
+    cuts=st.lists(st.integers(0, 60_000), max_size=30),
+)
+def test_stored_bytes_do_not_depend_on_chunk_sizes(
+    spec: list[tuple[bytes, bool, int]], compression: str, part_size: int, cuts: list[int]
+) -> None:
+    whole = b"".join(data for data, _, _ in spec)
+    bounds = sorted({0, len(whole), *(c % (len(whole) + 1) for c in cuts)})
+    rechunked = [Chunk(whole[a:b], None, 0) for a, b in itertools.pairwise(bounds)]
+    first = [p.data for p in run(make_chunks(spec), compression, part_size)]
+    assert [p.data for p in run(rechunked, compression, part_size)] == first
 
 
 def test_an_empty_stream_gives_one_valid_empty_part() -> None:
