@@ -84,7 +84,7 @@ def test_real_zstd_reads_frames_and_skippable_padding() -> None:
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 @pytest.mark.skipif(not (shutil.which("gzip") and shutil.which("zstd")), reason="needs tools")
-def test_real_tools_read_a_whole_multipart_object(compression: str) -> None:
+def test_real_tools_read_the_whole_object_and_each_part_alone(compression: str) -> None:
     lines = [f"{i},user{i % 97},path/{i}\n".encode() * (i % 13) for i in range(3000)]
     chunks = [Chunk(line, i, 1) for i, line in enumerate(lines)]
     parts = list(iter_parts(chunks, compression=compression, part_size=8192))
@@ -93,6 +93,11 @@ def test_real_tools_read_a_whole_multipart_object(compression: str) -> None:
     blob = b"".join(p.data for p in parts)
     result = subprocess.run([compression, "-dc"], input=blob, capture_output=True, check=True)
     assert result.stdout == b"".join(lines)
+    alone = [
+        subprocess.run([compression, "-dc"], input=p.data, capture_output=True, check=True).stdout
+        for p in parts
+    ]
+    assert b"".join(alone) == result.stdout
 
 
 @settings(max_examples=100, deadline=None)

@@ -220,3 +220,42 @@ def test_choose_part_size_refuses_an_object_too_large_for_s3() -> None:
     assert choose_part_size(10_000 * MAX_PART_SIZE_BYTES) == MAX_PART_SIZE_BYTES
     with pytest.raises(SizeLimitError):
         choose_part_size(10_000 * MAX_PART_SIZE_BYTES + 1)
+
+
+def mixed_stream(seed: int) -> list[Chunk]:
+    """Alternate incompressible noise, long runs and short repeats: hard cases for a size bound."""
+    rng = random.Random(seed)
+    chunks = []
+    for index in range(120):
+        kind = index % 3
+        if kind == 0:
+            data = rng.randbytes(rng.randint(1, 9000))
+        elif kind == 1:
+            data = bytes([rng.randrange(256)]) * rng.randint(1, 50_000)
+        else:
+            data = bytes(rng.randrange(256) for _ in range(rng.randint(3, 7))) * 700
+        chunks.append(Chunk(data, index, 1))
+    return chunks
+
+
+@pytest.mark.parametrize(
+    ("compression", "level"),
+    [("gzip", 0), ("gzip", 1), ("gzip", 6), ("gzip", 9), ("zstd", -7), ("zstd", 1), ("zstd", 19)],
+)
+def test_size_bound_holds_at_every_level(compression: str, level: int) -> None:
+    chunks = mixed_stream(level + 100)
+    parts = run(chunks, compression, 3000, level=level)
+    assert all(p.self_contained for p in parts)
+    assert all(len(p.data) == 3000 for p in parts[:-1])
+    assert content(parts, compression) == b"".join(c.data for c in chunks)
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+def test_padding_stays_under_half_a_percent_of_an_8_mib_part(compression: str) -> None:
+    rng = random.Random(5)
+    rows = [f"{rng.getrandbits(64):x},{rng.randint(0, 10**9)},path/{i}\n" for i in range(600_000)]
+    text = "".join(rows).encode()
+    chunks = [Chunk(text[i : i + 65536], i, 1) for i in range(0, len(text), 65536)]
+    parts = run(chunks, compression, 8 * MIB)
+    stored = sum(len(p.data) for p in parts)
+    assert sum(p.padding_bytes for p in parts) / stored < 0.005
