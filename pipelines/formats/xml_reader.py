@@ -92,15 +92,16 @@ def read_xml(chunks: Iterable[bytes]) -> Iterator[Event]:
     records = KeyedRecords()
     section: Element | None = None
 
-    def events(chunk: bytes | None) -> Iterator[tuple[str, Element]]:
+    def events(chunk: bytes | None) -> list[tuple[str, Element]]:
+        # The events of one chunk: bounded by the chunk size, and parse errors surface here.
         try:
             if chunk is None:
                 parser.close()
             else:
                 parser.feed(chunk)
+            return list(parser.read_events())  # type: ignore[arg-type]
         except ParseError as exc:
             raise CorruptExportError(f"malformed or truncated XML: {exc}") from exc
-        return parser.read_events()  # type: ignore[return-value]
 
     depth = 0  # of the element an event is about: the root is 0, header and tables 1
     for chunk in _then_end(chunks):
