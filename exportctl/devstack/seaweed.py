@@ -115,6 +115,8 @@ class SeaweedService:
             f"-s3.config={self.config_path}",
             "-webdav=false",
             "-admin.ui=false",
+            # The volume server waits this long after its last heartbeat before stopping.
+            "-volume.preStopSeconds=0",
             f"-admin.port={p['seaweed_admin']}",
             f"-admin.port.grpc={p['seaweed_admin_grpc']}",
         ]
