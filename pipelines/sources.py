@@ -15,10 +15,15 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.string import TextLoader
 
 from pipelines.errors import PermanentError, RetryableError
 from pipelines.options import ExportOptions
 from pipelines.records import FILES, USERS, RowBatch, Table
+
+# Types whose values are handed on as PostgreSQL prints them (`t`/`f`, ISO timestamps, jsonb text)
+# instead of being parsed into Python objects and printed again.
+TEXT_LOADED_TYPES = ("uuid", "bool", "int8", "timestamptz", "jsonb", "text")
 
 # Rows per fetch: about 1 MB of files rows (466 bytes each on average), enough to amortise the
 # round trip, small enough that memory stays one batch.
@@ -141,9 +146,7 @@ def _iter_table(
         )
         params.extend(after.key)
     query = sql.SQL("SELECT {columns} FROM {table} WHERE {where} ORDER BY {order}").format(
-        columns=sql.SQL(", ").join(
-            sql.SQL("{}::text").format(sql.Identifier(name)) for name in table.column_names
-        ),
+        columns=sql.SQL(", ").join(sql.Identifier(name) for name in table.column_names),
         table=sql.Identifier(table.name),
         where=sql.SQL(" AND ").join(conditions),
         order=sql.SQL(", ").join(sql.Identifier(name) for name in key_columns),
@@ -151,6 +154,7 @@ def _iter_table(
     key_index = tuple(table.column_names.index(name) for name in key_columns)
     try:
         with conn.cursor(name=f"export_{table.name}") as cursor:
+            _load_as_text(cursor)
             cursor.itersize = batch_rows
             cursor.execute(query, params)
             while rows := cursor.fetchmany(batch_rows):
@@ -159,6 +163,12 @@ def _iter_table(
                 yield RowBatch(table=table, rows=rows, cursor=position)
     except psycopg.OperationalError as exc:
         raise RetryableError(f"reading {table.name} failed: {exc}") from exc
+
+
+def _load_as_text(cursor: psycopg.Cursor[Any]) -> None:
+    """Keep every value as PostgreSQL's own text output: exact, and the cheapest to fetch."""
+    for type_name in TEXT_LOADED_TYPES:
+        cursor.adapters.register_loader(type_name, TextLoader)
 
 
 def _conditions(

@@ -1,0 +1,171 @@
+"""The composition that writes one export object: rows → serializer → digests → parts → sink.
+
+`write_object` pulls batches through the chosen serializer, hashes content and stored bytes as they
+pass, cuts exact-size parts (frames ending at part boundaries when compressed) and hands them to a
+sink. The sink pulls; memory is one part plus one batch. `write_user_export` adds the manifest and
+`SHA256SUMS` beside the object. The caller owns the database transaction and the sink's storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from pipelines.digests import DigestSummary, DigestTracker
+from pipelines.manifest import Manifest, ManifestObject, object_name
+from pipelines.options import ExportOptions
+from pipelines.parts import iter_parts
+from pipelines.records import ExportHeader, RowBatch, export_tables
+from pipelines.serializers import ENCODERS, Chunk, ResumePoint
+from pipelines.storage.sinks import Sink, StoredObject, UploadedPart
+
+logger = logging.getLogger(__name__)
+
+GENERATOR_NAME = "data-export"
+GENERATOR_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class ExportCursor:
+    """Where an interrupted export restarts: the source's position and the serializer's state."""
+
+    source: object
+    serializer: ResumePoint | None
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    """One stored object and what the writer measured while writing it."""
+
+    name: str
+    stored: StoredObject
+    digests: DigestSummary
+    counts: dict[str, int]
+    part_size: int
+    seconds: float
+
+    def manifest_entry(self, *, user_range: dict[str, str | None] | None = None) -> ManifestObject:
+        """Return this object as the manifest lists it."""
+        return ManifestObject(
+            name=self.name,
+            size_bytes=self.digests.stored_bytes,
+            sha256=self.stored.sha256 or self.digests.stored_sha256,
+            content_sha256=self.digests.content_sha256,
+            content_bytes=self.digests.content_bytes,
+            records=self.counts,
+            part_size_bytes=self.part_size,
+            parts=len(self.stored.parts),
+            user_range=user_range,
+        )
+
+
+def make_header(
+    *, export_id: str, export_type: str, options: ExportOptions, snapshot_time: datetime
+) -> ExportHeader:
+    """Return the header an export states about itself."""
+    return ExportHeader(
+        export_id=export_id,
+        export_type="bulk" if export_type == "bulk" else "user",
+        snapshot_time=snapshot_time,
+        generator_name=GENERATOR_NAME,
+        generator_version=GENERATOR_VERSION,
+        options=options.as_json(),
+    )
+
+
+def write_object(
+    batches: Iterable[RowBatch],
+    *,
+    name: str,
+    options: ExportOptions,
+    header: ExportHeader,
+    sink: Sink,
+    part_size: int,
+    level: int | None = None,
+    on_part: Callable[[UploadedPart], None] | None = None,
+) -> WrittenObject:
+    """Serialize, compress, digest and store one object, reporting each stored part."""
+    started = time.monotonic()
+    tables = export_tables(options.include_system_fields)
+    counts = {table.name: 0 for table in tables}
+    encoder = ENCODERS[options.format]
+    tracker = DigestTracker(compression=options.compression)
+
+    def counted(chunks: Iterable[Chunk]) -> Iterable[Chunk]:
+        # A part's resume point carries the chunk's cursor; pack the serializer's own resume
+        # state beside the source position so one cursor restarts both.
+        for chunk in chunks:
+            if chunk.resume is not None:
+                counts.update(chunk.resume.counts)
+            if chunk.cursor is None:
+                yield chunk
+            else:
+                yield replace(chunk, cursor=ExportCursor(chunk.cursor, chunk.resume))
+
+    chunks = encoder(
+        batches, tables=tables, header=header, include_metadata=options.include_metadata
+    )
+    parts = iter_parts(
+        tracker.chunks(counted(chunks)),
+        compression=options.compression,
+        level=level,
+        part_size=part_size,
+    )
+    progress = sink.upload(tracker.parts(parts))
+    while True:
+        try:
+            uploaded = next(progress)
+        except StopIteration as stop:
+            stored: StoredObject = stop.value
+            break
+        if on_part is not None:
+            on_part(uploaded)
+    digests = tracker.summary()
+    seconds = time.monotonic() - started
+    logger.info(
+        "export %s: wrote %s (%d bytes, %d records, %d parts) in %.2f s",
+        header.export_id,
+        name,
+        digests.stored_bytes,
+        digests.records,
+        digests.parts,
+        seconds,
+    )
+    return WrittenObject(
+        name=name,
+        stored=stored,
+        digests=digests,
+        counts=counts,
+        part_size=part_size,
+        seconds=seconds,
+    )
+
+
+def user_object_name(options: ExportOptions) -> str:
+    """Return the file name of a user export's single object."""
+    return object_name("export", options.format, options.compression)
+
+
+def build_manifest(
+    *,
+    header: ExportHeader,
+    options: ExportOptions,
+    objects: Iterable[ManifestObject],
+    extra: dict[str, object] | None = None,
+) -> Manifest:
+    """Return the manifest describing an export's objects."""
+    return Manifest(
+        export_id=header.export_id,
+        export_type=header.export_type,
+        format=options.format,
+        compression=options.compression,
+        created_at=datetime.now(UTC).isoformat(),
+        snapshot_time=header.snapshot_time.isoformat(),
+        options=options.as_json(),
+        objects=list(objects),
+        generator=f"{GENERATOR_NAME} {GENERATOR_VERSION}",
+        extra=extra or {},
+    )
