@@ -16,23 +16,15 @@ from typing import Any
 import orjson
 
 from pipelines.errors import PermanentError
+from pipelines.serializers import EXTENSIONS, MEDIA_TYPES
+from pipelines.storage.sinks import content_headers
 
 MANIFEST_NAME = "manifest.json"
 SHA256SUMS_NAME = "SHA256SUMS"
 MANIFEST_VERSION = 1
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
-EXTENSIONS = {"json": "json", "jsonl": "jsonl", "csv": "csv", "xml": "xml"}
 COMPRESSION_SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}
-CONTENT_TYPES = {
-    "json": "application/json",
-    "jsonl": "application/jsonl",
-    "csv": "text/csv; charset=utf-8",
-    "xml": "application/xml",
-}
-# A compressed export is stored and downloaded as the archive it is (`.json.zst`), so clients save
-# exactly the bytes whose SHA-256 the manifest lists instead of decoding them on the fly.
-ARCHIVE_CONTENT_TYPES = {"gzip": "application/gzip", "zstd": "application/zstd"}
 
 
 class ManifestError(PermanentError):
@@ -41,12 +33,13 @@ class ManifestError(PermanentError):
 
 def object_name(stem: str, export_format: str, compression: str) -> str:
     """Return the file name of a data object, e.g. `export.json.zst`."""
-    return f"{stem}.{EXTENSIONS[export_format]}{COMPRESSION_SUFFIXES[compression]}"
+    return f"{stem}{EXTENSIONS[export_format]}{COMPRESSION_SUFFIXES[compression]}"
 
 
 def content_type(export_format: str, compression: str) -> str:
     """Return the Content-Type a data object is stored and served with."""
-    return ARCHIVE_CONTENT_TYPES.get(compression) or CONTENT_TYPES[export_format]
+    stored_type, _ = content_headers(compression, MEDIA_TYPES[export_format])
+    return stored_type
 
 
 @dataclass(frozen=True)

@@ -94,5 +94,5 @@ def test_names_and_content_types_tell_how_to_open_the_object() -> None:
     assert object_name("export", "json", "zstd") == "export.json.zst"
     assert object_name("shard-00001", "csv", "gzip") == "shard-00001.csv.gz"
     assert object_name("export", "xml", "none") == "export.xml"
-    assert content_type("csv", "none") == "text/csv; charset=utf-8"
+    assert content_type("csv", "none") == "text/csv; charset=utf-8; header=present"
     assert content_type("json", "gzip") == "application/gzip"
