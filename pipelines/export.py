@@ -20,7 +20,7 @@ from pipelines.options import ExportOptions
 from pipelines.parts import iter_parts
 from pipelines.records import ExportHeader, RowBatch, export_tables
 from pipelines.serializers import ENCODERS, Chunk, ResumePoint
-from pipelines.storage.sinks import Sink, StoredObject, UploadedPart
+from pipelines.storage.sinks import Sink, StoredObject, SummaryFn, UploadedPart
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +82,16 @@ def write_object(
     name: str,
     options: ExportOptions,
     header: ExportHeader,
-    sink: Sink,
+    open_sink: Callable[[SummaryFn], Sink],
     part_size: int,
     level: int | None = None,
     on_part: Callable[[UploadedPart], None] | None = None,
 ) -> WrittenObject:
-    """Serialize, compress, digest and store one object, reporting each stored part."""
+    """Serialize, compress, digest and store one object, reporting each stored part.
+
+    `open_sink` receives the digest summary callable, so a sink that stores the object in one
+    request can attach the final digests to it.
+    """
     started = time.monotonic()
     tables = export_tables(options.include_system_fields)
     counts = {table.name: 0 for table in tables}
@@ -114,7 +118,7 @@ def write_object(
         level=level,
         part_size=part_size,
     )
-    progress = sink.upload(tracker.parts(parts))
+    progress = open_sink(tracker.summary).upload(tracker.parts(parts))
     while True:
         try:
             uploaded = next(progress)

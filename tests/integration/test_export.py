@@ -93,7 +93,7 @@ def test_user_export_reads_back_exactly_the_users_rows(
             name="export",
             options=options,
             header=header,
-            sink=LocalFileSink(target),
+            open_sink=lambda _summary: LocalFileSink(target),
             part_size=4096,
         )
         conn.rollback()
