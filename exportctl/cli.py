@@ -15,9 +15,13 @@ from pipelines.errors import ExportError
 
 # Modules under `exportctl.commands`, in the order `--help` lists them.
 COMMAND_MODULES = (
+    "demo",
     "test",
     "dev",
     "db",
+    "seed",
+    "export",
+    "restore",
 )
 
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import conninfo
 
-from pipelines.errors import PermanentError, RetryableError
+from pipelines.errors import ExportError, PermanentError, RetryableError
 
 # Seconds to wait for the server to accept a connection: long enough for a busy server on a
 # loaded machine, short enough that a dead host fails the attempt instead of hanging it.
@@ -86,3 +86,14 @@ def redact_url(url: str) -> str:
     host = parts.netloc.rsplit("@", 1)[1]
     netloc = f"{parts.username or ''}:{REDACTED}@{host}"
     return parts._replace(netloc=netloc).geturl()
+
+
+def translate_error(exc: psycopg.Error, action: str) -> ExportError:
+    """Return the project error for a psycopg failure while doing `action`."""
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return PermanentError(f"{action}: {exc.diag.message_primary}; run `exportctl db migrate`")
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return RetryableError(f"{action}: statement timeout or cancellation ({exc})")
+    if isinstance(exc, psycopg.OperationalError | psycopg.errors.SerializationFailure):
+        return RetryableError(f"{action}: {exc}")
+    return PermanentError(f"{action}: {exc}")

@@ -203,8 +203,9 @@ SPECS: tuple[Spec, ...] = (
         "EXPORT_BULK_MAX_SIZE",
         "export_bulk_max_size",
         _positive_int,
-        str(1024 * 1024 * MIB),
-        "Largest stored size of one bulk-export shard object in bytes.",
+        str(64 * 1024 * MIB),
+        "Largest stored size of one bulk-export shard object in bytes (64 GiB fits 10,000 "
+        "parts of 8 MiB; a larger cap grows the part size and the memory a worker holds).",
     ),
     Spec(
         "EXPORT_COMPRESSION_ENABLED",

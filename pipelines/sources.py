@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.string import TextLoader
 
+from pipelines.database import translate_error
 from pipelines.errors import PermanentError, RetryableError
 from pipelines.options import ExportOptions
 from pipelines.records import FILES, USERS, RowBatch, Table
@@ -87,9 +88,14 @@ def iter_user_batches(
 ) -> Iterator[RowBatch]:
     """Stream one user's row, then their files, inside the caller's read transaction."""
     hidden = sql.SQL("") if options.include_system_fields else sql.SQL("AND deleted_at IS NULL")
-    exists = conn.execute(
-        sql.SQL("SELECT 1 FROM users WHERE id = %s {}").format(hidden), (user_id,)
-    ).fetchone()
+    try:
+        exists = conn.execute(
+            sql.SQL("SELECT 1 FROM users WHERE id = %s {}").format(hidden), (user_id,)
+        ).fetchone()
+    except psycopg.errors.InvalidTextRepresentation as exc:
+        raise PermanentError(f"user id {user_id!r} is not a UUID") from exc
+    except psycopg.Error as exc:
+        raise translate_error(exc, f"looking up user {user_id}") from exc
     if exists is None:
         raise PermanentError(f"user {user_id} does not exist")
     everyone = UserRange()
@@ -161,8 +167,8 @@ def _iter_table(
                 last = rows[-1]
                 position = SourcePosition(table.name, tuple(str(last[i]) for i in key_index))
                 yield RowBatch(table=table, rows=rows, cursor=position)
-    except psycopg.OperationalError as exc:
-        raise RetryableError(f"reading {table.name} failed: {exc}") from exc
+    except psycopg.Error as exc:
+        raise translate_error(exc, f"reading {table.name}") from exc
 
 
 def _load_as_text(cursor: psycopg.Cursor[Any]) -> None:
