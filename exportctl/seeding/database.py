@@ -1,8 +1,8 @@
 """Fill the application's `users` and `files` tables with skewed, hostile, deterministic demo data.
 
-All rows are generated inside PostgreSQL by the set-based statements of `queries`; Python only
-chooses parameters, splits the files into ranges for parallel sessions and reports what it made.
-It refuses a non-empty `users` table unless told to replace its contents.
+All rows are generated inside PostgreSQL by the set-based statements of `queries`, in one
+transaction, so a failed run leaves nothing behind; Python only chooses parameters and reports what
+it made. It refuses a non-empty `users` table unless told to replace its contents.
 """
 
 from __future__ import annotations
