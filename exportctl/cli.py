@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "test",
     "dev",
     "db",
+    "verify",
     "seed",
     "export",
     "restore",
