@@ -160,13 +160,15 @@ def check_object(
     except _SourceFailure as failure:
         raise failure.error from None
     except _DecodeFailure as failure:
-        problems.append(_decode_problem(name, compression, failure.error, stored_tap, stream))
+        problems.append(
+            _decode_problem(name, compression, failure.error, (stored_tap, content_tap), stream)
+        )
     except (PermanentError, ValueError) as exc:
         problems.append(_format_problem(name, format, exc, content_tap, stream))
         decodable = True
     # After a format error, or a reader that stopped early, decompress the rest anyway so the
     # content digest covers every byte.
-    decoded = decodable and _drain(content, name, compression, stored_tap, problems)
+    decoded = decodable and _drain(content, name, compression, (stored_tap, content_tap), problems)
     if stream is not None:
         counts = dict(stream.counts)
     _drain_stored(stored)
@@ -216,7 +218,7 @@ def _drain(
     content: Iterator[bytes],
     name: str,
     compression: str,
-    stored_tap: _Tap,
+    taps: tuple[_Tap, _Tap],
     problems: list[Problem],
 ) -> bool:
     """Decompress the rest after a format error, so the content digest can still be compared."""
@@ -226,7 +228,7 @@ def _drain(
     except _SourceFailure as failure:
         raise failure.error from None
     except _DecodeFailure as failure:
-        problems.append(_decode_problem(name, compression, failure.error, stored_tap, None))
+        problems.append(_decode_problem(name, compression, failure.error, taps, None))
         return False
     return True
 
@@ -245,18 +247,24 @@ def _records_read(stream: Any) -> int:
 
 
 def _decode_problem(
-    name: str, compression: str, error: Exception, tap: _Tap, stream: Any
+    name: str, compression: str, error: Exception, taps: tuple[_Tap, _Tap], stream: Any
 ) -> Problem:
-    where = f"in stored bytes {tap.piece_start}..{tap.bytes}"
-    if tap.bytes == tap.piece_start:
-        where = f"at the end of the stored bytes ({tap.bytes})"
+    stored, content = taps
+    where = f"in stored bytes {stored.piece_start}..{stored.bytes}"
+    if stored.bytes == stored.piece_start:
+        where = f"at the end of the stored bytes ({stored.bytes})"
     records = _records_read(stream)
     return Problem(
         COMPRESSION_CORRUPT,
         f"{name}: cannot decompress ({compression}) {where}: {error}; "
-        f"{records} records read before it",
+        f"{content.bytes} content bytes and {records} records read before it",
         name,
-        {"storedOffset": tap.piece_start, "storedRead": tap.bytes, "recordsRead": records},
+        {
+            "storedOffset": stored.piece_start,
+            "storedRead": stored.bytes,
+            "contentRead": content.bytes,
+            "recordsRead": records,
+        },
     )
 
 

@@ -172,7 +172,7 @@ def _verify_manifest(
         report.notes.append(NO_OBJECT_KEYS_NOTE)
     checker = file_checker() if file_checker is not None and has_keys else None
     if checker is None and has_keys:
-        report.notes.append("file objects not checked: no bucket to check them in")
+        report.notes.append("file objects not checked: no bucket was given to check them in")
     if checker is None:
         _verify_objects(
             location, manifest, names=names, report=report, on_record=None, progress=progress
