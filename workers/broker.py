@@ -1,0 +1,58 @@
+"""Build the Dramatiq broker from a URL: Redis by default, RabbitMQ for amqp:// URLs.
+
+The middleware is explicit: retries with backoff and jitter (permanent errors are never retried,
+see each actor's `throws`), time and age limits, shutdown notices, callbacks and the current
+message. Prefetch is Dramatiq's `dramatiq_queue_prefetch` environment variable, which Dramatiq
+reads when it is imported: run workers with it equal to `--threads` (long jobs must not wait
+behind a prefetched message). Prometheus metrics are off until `prometheus-client` is installed.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from dramatiq import Broker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+# Default retries of a retryable failure: with 5 s → 5 min exponential backoff, 5 retries ride
+# out a restart of PostgreSQL, Redis or the bucket without piling up retries for hours.
+MAX_RETRIES: Final = 5
+MIN_BACKOFF_MS: Final = 5_000
+MAX_BACKOFF_MS: Final = 300_000
+# Longest an actor may run unless it says otherwise: an hour covers a large shard.
+TIME_LIMIT_MS: Final = 3_600_000
+# A message older than a day is stale (the export it names has been failed by maintenance).
+MAX_AGE_MS: Final = 86_400_000
+
+
+def build_middleware() -> list[Middleware]:
+    """Return the middleware every worker and producer shares."""
+    return [
+        AgeLimit(max_age=MAX_AGE_MS),
+        TimeLimit(time_limit=TIME_LIMIT_MS),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(max_retries=MAX_RETRIES, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS),
+        CurrentMessage(),
+    ]
+
+
+def create_broker(url: str) -> Broker:
+    """Return a Redis or RabbitMQ broker for `url` with the project's middleware."""
+    middleware = build_middleware()
+    if url.startswith(("amqp://", "amqps://")):
+        # Publisher confirms: an enqueue returns only once RabbitMQ has taken the message.
+        return RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)
+    return RedisBroker(url=url, middleware=middleware)  # type: ignore[no-untyped-call]

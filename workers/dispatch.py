@@ -1,0 +1,76 @@
+"""Send job messages to the workers by actor name: what the API and the scheduler call.
+
+Messages carry ids only. The dispatcher names actors and queues instead of importing the actors,
+so a producer needs a broker but none of the worker's configuration. The names below are
+permanent: messages already queued outlive a deploy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import dramatiq
+from dramatiq import Broker
+from dramatiq.errors import DramatiqError
+from redis.exceptions import RedisError
+
+from pipelines.errors import RetryableError
+
+logger = logging.getLogger(__name__)
+
+EXPORTS_QUEUE: Final = "exports"
+BULK_QUEUE: Final = "bulk"
+VERIFY_QUEUE: Final = "verify"
+MAINTENANCE_QUEUE: Final = "maintenance"
+
+EXPORT_USER: Final = "export_user"
+PLAN_BULK_EXPORT: Final = "plan_bulk_export"
+EXPORT_SHARD: Final = "export_shard"
+VERIFY_EXPORT: Final = "verify_export"
+CLEANUP_EXPORTS: Final = "cleanup_exports"
+ABORT_ABANDONED_UPLOADS: Final = "abort_abandoned_uploads"
+FAIL_STUCK_EXPORTS: Final = "fail_stuck_exports"
+
+
+class Dispatcher:
+    """Enqueue the workers' messages on a Dramatiq broker."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def enqueue_user_export(self, export_id: str, *, request_id: str | None = None) -> None:
+        """Queue the export of one user's data."""
+        self._send(EXPORTS_QUEUE, EXPORT_USER, export_id, request_id=request_id)
+
+    def enqueue_bulk_export(self, export_id: str, *, request_id: str | None = None) -> None:
+        """Queue the planning of a bulk export."""
+        self._send(BULK_QUEUE, PLAN_BULK_EXPORT, export_id, request_id=request_id)
+
+    def enqueue_shard(self, export_id: str, shard_id: str) -> None:
+        """Queue one shard of a bulk export."""
+        self._send(BULK_QUEUE, EXPORT_SHARD, export_id, shard_id)
+
+    def enqueue_verification(self, export_id: str) -> None:
+        """Queue a verification run of a completed export."""
+        self._send(VERIFY_QUEUE, VERIFY_EXPORT, export_id)
+
+    def enqueue_cleanup(self) -> None:
+        """Queue a cleanup run: expired exports, abandoned uploads, stuck jobs."""
+        self._send(MAINTENANCE_QUEUE, FAIL_STUCK_EXPORTS)
+        self._send(MAINTENANCE_QUEUE, ABORT_ABANDONED_UPLOADS)
+        self._send(MAINTENANCE_QUEUE, CLEANUP_EXPORTS)
+
+    def _send(self, queue: str, actor: str, *args: str, **kwargs: Any) -> None:
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=queue,
+            actor_name=actor,
+            args=tuple(args),
+            kwargs={name: value for name, value in kwargs.items() if value is not None},
+            options={},
+        )
+        try:
+            self._broker.enqueue(message)
+        except (DramatiqError, RedisError, OSError) as exc:
+            raise RetryableError(f"the broker did not take the {actor} message: {exc}") from exc
+        logger.info("enqueued %s %s on %s", actor, " ".join(args), queue)

@@ -1,0 +1,316 @@
+"""Write one export object so that a worker killed mid-upload can be continued by another.
+
+While a fresh object streams, the upload id is recorded as soon as CreateMultipartUpload answers
+and every stored part is recorded with its size, SHA-256, ETag and resume point (source position,
+serializer state and the parts stage's offsets) in `export_upload_parts`, fenced by the lease.
+A later attempt that finds an open upload continues after the last resumable recorded part with
+`S3MultipartSink.resume`: frames end at part boundaries, so the tail is byte for byte what the
+first run would have written. A resumed run saw only the tail, so its digests come from reading
+the finished object back (`digest_stored`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, cast
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pipelines.digests import digest_stored
+from pipelines.export import ExportCursor, WrittenObject, write_object
+from pipelines.manifest import content_type
+from pipelines.options import ExportOptions
+from pipelines.parts import Part, ResumePoint, iter_parts
+from pipelines.records import ExportHeader, RowBatch, export_tables
+from pipelines.serializers import ENCODERS, Chunk
+from pipelines.serializers import ResumePoint as SerializerPoint
+from pipelines.sources import SourcePosition
+from pipelines.storage.reader import iter_object_bytes
+from pipelines.storage.s3_sink import S3MultipartSink
+from pipelines.storage.sinks import Sink, SummaryFn, UploadedPart
+from pipelines.storage.stores import S3Store
+from workers.heartbeat import LeaseKeeper
+from workers.state import Lease, record_part, set_fields
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = logging.getLogger(__name__)
+
+OpenBatches = Callable[[SourcePosition | None], Iterable[RowBatch]]
+
+
+@dataclass(frozen=True)
+class ObjectJob:
+    """One object to write: where, in what form, and how it is cut."""
+
+    name: str
+    options: ExportOptions
+    header: ExportHeader
+    store: S3Store
+    s3: S3Client
+    part_size: int
+    max_size: int | None
+    level: int | None
+
+
+@dataclass(frozen=True)
+class RecordedPart:
+    """A part some earlier attempt stored and recorded."""
+
+    part: UploadedPart
+    resumable: bool
+
+
+def point_to_json(point: ResumePoint | None) -> dict[str, Any]:
+    """Return a part's resume point as the JSON stored in `export_upload_parts`."""
+    if point is None:
+        return {"resumable": False}
+    cursor = point.cursor
+    source = serializer = None
+    if isinstance(cursor, ExportCursor):
+        if isinstance(cursor.source, SourcePosition):
+            source = cursor.source.as_json()
+        if cursor.serializer is not None:
+            serializer = cursor.serializer.to_fields()
+    return {
+        "resumable": True,
+        "source": source,
+        "serializer": serializer,
+        "next_part": point.next_part,
+        "skip_bytes": point.skip_bytes,
+        "stored_bytes": point.stored_bytes,
+        "raw_bytes": point.raw_bytes,
+        "records": point.records,
+    }
+
+
+def point_from_json(data: dict[str, Any]) -> ResumePoint | None:
+    """Rebuild a resume point stored by `point_to_json`."""
+    if not data.get("resumable"):
+        return None
+    cursor: ExportCursor | None = None
+    if data["source"] is not None or data["serializer"] is not None:
+        source = SourcePosition.from_json(data["source"]) if data["source"] else None
+        serializer = SerializerPoint.from_fields(data["serializer"]) if data["serializer"] else None
+        cursor = ExportCursor(source, serializer)
+    return ResumePoint(
+        cursor=cursor,
+        next_part=int(data["next_part"]),
+        skip_bytes=int(data["skip_bytes"]),
+        stored_bytes=int(data["stored_bytes"]),
+        raw_bytes=int(data["raw_bytes"]),
+        records=int(data["records"]),
+    )
+
+
+def load_parts(conn: psycopg.Connection[Any], upload_id: str) -> list[RecordedPart]:
+    """Return the recorded parts of an upload in part order (at most 10,000 small rows)."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            "SELECT part_number, size_bytes, sha256, etag, resume_cursor FROM export_upload_parts"
+            " WHERE upload_id = %s ORDER BY part_number",
+            (upload_id,),
+        )
+        rows = cursor.fetchall()
+    found = []
+    for row in rows:
+        point = point_from_json(row["resume_cursor"])
+        number, size = row["part_number"], row["size_bytes"]
+        part = UploadedPart(number, size, row["sha256"], row["etag"], point)
+        found.append(RecordedPart(part, point is not None))
+    return found
+
+
+def resumable_prefix(recorded: list[RecordedPart]) -> list[UploadedPart]:
+    """Return parts 1..k up to the last resumable part of the unbroken run from part 1."""
+    run: list[UploadedPart] = []
+    for expected, item in enumerate(recorded, start=1):
+        if item.part.number != expected:
+            break
+        run.append(item.part)
+    while run and run[-1].resume is None:
+        run.pop()
+    return run
+
+
+class PartLog:
+    """Record the upload id and each stored part, fenced by the lease; check the lease each part."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        lease: Lease,
+        keeper: LeaseKeeper,
+        *,
+        export_id: str,
+        shard_id: str | None,
+        lease_seconds: int,
+        delay_seconds: float = 0.0,
+    ) -> None:
+        self._conn = conn
+        self._lease = lease
+        self._keeper = keeper
+        self._export_id = export_id
+        self._shard_id = shard_id
+        self._lease_seconds = lease_seconds
+        self._delay = delay_seconds
+        self.upload_id: str | None = None
+        self._raw = 0
+        self._records = 0
+
+    def upload_started(self, upload_id: str) -> None:
+        """Record a new multipart upload on the leased row before any part is sent."""
+        self.upload_id = upload_id
+        set_fields(self._conn, self._lease, {"multipart_upload_id": upload_id})
+
+    def continue_after(self, point: ResumePoint, upload_id: str) -> None:
+        """Continue counting after the parts an earlier attempt stored."""
+        self.upload_id = upload_id
+        self._raw = point.raw_bytes
+        self._records = point.records
+
+    def part_stored(self, part: UploadedPart) -> None:
+        """Record one stored part of the current multipart upload."""
+        self._keeper.check()
+        if self.upload_id is None or part.etag is None:
+            return  # a single-PUT object: nothing to resume
+        raw = records = 0
+        if part.resume is not None:
+            raw, records = part.resume.raw_bytes - self._raw, part.resume.records - self._records
+            self._raw, self._records = part.resume.raw_bytes, part.resume.records
+        record_part(
+            self._conn,
+            self._lease,
+            export_id=self._export_id,
+            shard_id=self._shard_id,
+            upload_id=self.upload_id,
+            number=part.number,
+            size=part.size,
+            content_size=raw,
+            records=records,
+            sha256=part.sha256,
+            etag=part.etag,
+            resume=point_to_json(part.resume),
+            lease_seconds=self._lease_seconds,
+        )
+        if self._delay:
+            time.sleep(self._delay)  # test hook: WORKER_TEST_PART_DELAY_SECONDS
+
+
+def write_fresh(batches: Iterable[RowBatch], job: ObjectJob, log: PartLog) -> WrittenObject:
+    """Write the object from the start, recording the upload and every part."""
+
+    def open_sink(summary: SummaryFn) -> Sink:
+        return job.store.sink(
+            job.name,
+            content_type=content_type(job.options.format, job.options.compression),
+            part_size=job.part_size,
+            max_size=job.max_size,
+            summary=summary,
+            on_upload_started=log.upload_started,
+        )
+
+    return write_object(
+        batches,
+        name=job.name,
+        options=job.options,
+        header=job.header,
+        open_sink=open_sink,
+        part_size=job.part_size,
+        level=job.level,
+        on_part=log.part_stored,
+    )
+
+
+def write_resumed(
+    open_batches: OpenBatches,
+    job: ObjectJob,
+    log: PartLog,
+    *,
+    upload_id: str,
+    kept: list[UploadedPart],
+) -> WrittenObject:
+    """Continue an upload after `kept` (ending at a resumable part) and complete the object."""
+    started = time.monotonic()
+    point = kept[-1].resume
+    assert point is not None
+    cursor = point.cursor if isinstance(point.cursor, ExportCursor) else None
+    source = cursor.source if cursor is not None else None
+    serializer = cursor.serializer if cursor is not None else None
+    log.continue_after(point, upload_id)
+    tables = export_tables(job.options.include_system_fields)
+    counts = {table.name: 0 for table in tables}
+    if serializer is not None:
+        counts.update(serializer.counts)
+    tail = {"records": 0}
+    chunks = ENCODERS[job.options.format](
+        open_batches(cast(SourcePosition | None, source)),
+        tables=tables,
+        header=job.header,
+        include_metadata=job.options.include_metadata,
+        resume=serializer,
+    )
+    parts = iter_parts(
+        _with_cursors(chunks, counts),
+        compression=job.options.compression,
+        level=job.level,
+        part_size=job.part_size,
+        resume=point,
+    )
+    sink = job.store.sink(
+        job.name,
+        content_type=content_type(job.options.format, job.options.compression),
+        part_size=job.part_size,
+        max_size=job.max_size,
+    )
+    assert isinstance(sink, S3MultipartSink)
+    progress = sink.resume(_counted(parts, tail), upload_id=upload_id, completed=kept)
+    while True:
+        try:
+            uploaded = next(progress)
+        except StopIteration as stop:
+            stored = stop.value
+            break
+        log.part_stored(uploaded)
+    records = point.records + tail["records"]
+    blobs = iter_object_bytes(job.s3, bucket=job.store.bucket, key=job.store.key(job.name))
+    digests = digest_stored(blobs, compression=job.options.compression, records=records)
+    digests = replace(digests, parts=len(stored.parts))
+    logger.info(
+        "export %s: resumed %s after part %d of upload %s",
+        job.header.export_id,
+        job.name,
+        len(kept),
+        upload_id,
+    )
+    return WrittenObject(
+        name=job.name,
+        stored=stored,
+        digests=digests,
+        counts=counts,
+        part_size=job.part_size,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _with_cursors(chunks: Iterable[Chunk], counts: dict[str, int]) -> Iterator[Chunk]:
+    """Pack each chunk's serializer state beside its source cursor, as `write_object` does."""
+    for chunk in chunks:
+        if chunk.resume is not None:
+            counts.update(chunk.resume.counts)
+        if chunk.cursor is None:
+            yield chunk
+        else:
+            yield replace(chunk, cursor=ExportCursor(chunk.cursor, chunk.resume))
+
+
+def _counted(parts: Iterable[Part], tail: dict[str, int]) -> Iterator[Part]:
+    """Count the records of the parts this run stores (skipped chunks were counted before)."""
+    for part in parts:
+        tail["records"] += part.records
+        yield part

@@ -1,0 +1,118 @@
+"""Run one user export job: claim its row, write the object, publish the manifest, complete.
+
+`queued → running → completed | failed`, every step in the audit trail, then a message to the
+verifier. A duplicate delivery finds the row leased or finished and does nothing; an attempt
+after a crash resumes the recorded upload. Called by the `export_user` actor and by tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from pipelines.export import user_object_name
+from pipelines.records import RowBatch
+from pipelines.runner import publish_manifest, snapshot_time
+from pipelines.sources import SourcePosition, begin_snapshot, iter_user_batches
+from workers.attempt import Attempt, Outcome, settle_failure, write_with_resume
+from workers.heartbeat import LeaseKeeper
+from workers.resume import ObjectJob
+from workers.rows import (
+    audit,
+    compression_level,
+    expiry,
+    header_from_row,
+    options_from_row,
+    part_size_for,
+    result_fields,
+)
+from workers.runtime import Runtime
+from workers.state import ClaimOutcome, claim, complete, lease_owner_name, set_fields
+
+logger = logging.getLogger(__name__)
+
+
+def run_user_export(runtime: Runtime, export_id: str, *, request_id: str | None = None) -> Outcome:
+    """Export one user's data for the export row `export_id`."""
+    worker = runtime.worker
+    with runtime.connect() as conn:
+        claimed = claim(
+            conn,
+            "export",
+            export_id,
+            owner=lease_owner_name(),
+            lease_seconds=worker.lease_seconds,
+            max_attempts=worker.max_attempts,
+        )
+        if claimed.outcome is ClaimOutcome.BUSY:
+            return Outcome.BUSY
+        if claimed.outcome is ClaimOutcome.FINISHED:
+            return Outcome.SKIPPED
+        if claimed.outcome is ClaimOutcome.EXHAUSTED or claimed.lease is None:
+            audit(conn, export_id, "export.failed", claimed.reason, level="error")
+            return Outcome.FAILED
+        attempt = Attempt(runtime, conn, claimed.lease, claimed.row, export_id, None, request_id)
+        attempt.audit(
+            "export.started",
+            f"attempt {claimed.lease.attempts} started by {claimed.lease.owner}",
+            details={"took_over": claimed.took_over},
+        )
+        try:
+            _export(attempt)
+        except Exception as error:
+            if settle_failure(attempt, error):
+                raise
+            return Outcome.FAILED
+    runtime.queue.enqueue_verification(export_id)
+    return Outcome.COMPLETED
+
+
+def _export(attempt: Attempt) -> None:
+    runtime, row, lease = attempt.runtime, attempt.row, attempt.lease
+    settings = runtime.settings
+    options = options_from_row(row)
+    part_size = row["part_size_bytes"] or part_size_for(settings, settings.export_max_size)
+    store = runtime.store(attempt.export_id)
+    user_id = str(row["user_id"])
+    with (
+        LeaseKeeper(runtime.connect, lease, lease_seconds=runtime.worker.lease_seconds) as keeper,
+        runtime.connect(autocommit=False) as reader,
+    ):
+        begin_snapshot(reader)
+        if row["snapshot_at"] is None:
+            # The header names the first attempt's snapshot time; a resumed attempt reuses it
+            # so the bytes already uploaded and the tail agree.
+            row = {**row, "snapshot_at": snapshot_time(reader), "part_size_bytes": part_size}
+            set_fields(
+                attempt.conn,
+                lease,
+                {"snapshot_at": row["snapshot_at"], "part_size_bytes": part_size},
+            )
+        header = header_from_row(row, options)
+        job = ObjectJob(
+            name=user_object_name(options),
+            options=options,
+            header=header,
+            store=store,
+            s3=runtime.s3,
+            part_size=part_size,
+            max_size=settings.export_max_size,
+            level=compression_level(settings, options.compression),
+        )
+
+        def open_batches(after: SourcePosition | None) -> Iterator[RowBatch]:
+            return iter_user_batches(reader, user_id=user_id, options=options, after=after)
+
+        written = write_with_resume(attempt, keeper, job, open_batches)
+        reader.rollback()
+        keeper.check()
+    publish_manifest(header, options, store, [written.manifest_entry()])
+    fields = result_fields(written, object_key=store.key(written.name))
+    fields["expires_at"] = expiry(attempt.conn, row, settings)
+    fields["progress"] = 100
+    complete(attempt.conn, lease, fields)
+    attempt.audit(
+        "export.completed",
+        f"wrote {written.name}: {fields['size_bytes']} bytes, {fields['record_count']} records",
+        details={"sha256": fields["sha256"], "seconds": round(written.seconds, 3)},
+    )
