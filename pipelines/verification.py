@@ -16,8 +16,8 @@ from typing import Any, Final
 
 from pipelines.compression.decoding import iter_decompressed
 from pipelines.errors import PermanentError
-from pipelines.formats import iter_records
-from pipelines.manifest import Manifest, ManifestObject
+from pipelines.formats import RecordStream, iter_records
+from pipelines.manifest import ManifestObject
 from pipelines.records import Record
 
 # Stable problem codes: stored in reports and matched by tests and dashboards, never renamed.
@@ -242,12 +242,16 @@ def _drain_stored(stored: Iterator[bytes]) -> None:
         raise failure.error from None
 
 
-def _records_read(stream: Any) -> int:
+def _records_read(stream: RecordStream | None) -> int:
     return sum(stream.counts.values()) if stream is not None else 0
 
 
 def _decode_problem(
-    name: str, compression: str, error: Exception, taps: tuple[_Tap, _Tap], stream: Any
+    name: str,
+    compression: str,
+    error: Exception,
+    taps: tuple[_Tap, _Tap],
+    stream: RecordStream | None,
 ) -> Problem:
     stored, content = taps
     where = f"in stored bytes {stored.piece_start}..{stored.bytes}"
@@ -268,7 +272,9 @@ def _decode_problem(
     )
 
 
-def _format_problem(name: str, format: str, error: Exception, tap: _Tap, stream: Any) -> Problem:
+def _format_problem(
+    name: str, format: str, error: Exception, tap: _Tap, stream: RecordStream | None
+) -> Problem:
     records = _records_read(stream)
     return Problem(
         FORMAT_CORRUPT,
@@ -346,7 +352,7 @@ def _content_problems(entry: ManifestObject, size: int, digest: str) -> list[Pro
 
 def _count_problems(entry: ManifestObject, counts: Mapping[str, int]) -> list[Problem]:
     problems: list[Problem] = []
-    for table in sorted(set(entry.records) | set(counts), key=_table_order):
+    for table in sorted(set(entry.records) | set(counts), key=table_order):
         expected, actual = entry.records.get(table, 0), counts.get(table, 0)
         if expected != actual:
             problems.append(
@@ -362,7 +368,7 @@ def _count_problems(entry: ManifestObject, counts: Mapping[str, int]) -> list[Pr
 
 def _metadata_problems(
     name: str,
-    stream: Any,
+    stream: RecordStream,
     counts: Mapping[str, int],
     include_metadata: bool | None,
     export_id: str | None,
@@ -391,7 +397,7 @@ def _metadata_problems(
             )
         return problems
     stated = stream.trailer.counts
-    for table in sorted(set(stated) | set(counts), key=_table_order):
+    for table in sorted(set(stated) | set(counts), key=table_order):
         said, actual = stated.get(table, 0), counts.get(table, 0)
         if said != actual:
             problems.append(
@@ -405,89 +411,7 @@ def _metadata_problems(
     return problems
 
 
-def _table_order(table: str) -> tuple[int, str]:
+def table_order(table: str) -> tuple[int, str]:
+    """Return a sort key listing tables in stream order (users, then files), others after."""
     order = {"users": 0, "files": 1}
     return order.get(table, len(order)), table
-
-
-def check_manifest_totals(document: Mapping[str, Any], manifest: Manifest) -> list[Problem]:
-    """Compare the totals a manifest states with the sums of its objects."""
-    totals = document.get("totals")
-    if not isinstance(totals, Mapping):
-        return []
-    problems: list[Problem] = []
-    stated: dict[str, object] = {
-        "objects": totals.get("objects"),
-        "sizeBytes": totals.get("sizeBytes"),
-    }
-    actual: dict[str, object] = {
-        "objects": len(manifest.objects),
-        "sizeBytes": sum(item.size_bytes for item in manifest.objects),
-    }
-    records = totals.get("records")
-    if isinstance(records, Mapping):
-        for table in sorted(set(records) | set(manifest.totals), key=_table_order):
-            stated[f"records.{table}"] = records.get(table, 0)
-            actual[f"records.{table}"] = manifest.totals.get(table, 0)
-    for key, value in stated.items():
-        if value is not None and value != actual[key]:
-            problems.append(
-                Problem(
-                    MANIFEST_TOTALS_MISMATCH,
-                    f"manifest totals say {key} is {value}, its objects add up to {actual[key]}",
-                    None,
-                    {"field": key, "expected": value, "actual": actual[key]},
-                )
-            )
-    return problems
-
-
-def check_sha256sums(data: bytes, objects: Sequence[ManifestObject]) -> list[Problem]:
-    """Compare `SHA256SUMS` with the manifest: every object listed once, with its digest."""
-    listed: dict[str, str] = {}
-    problems: list[Problem] = []
-    for number, raw in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
-        digest, separator, name = raw.partition("  ")
-        if not separator or len(digest) != 64:
-            problems.append(
-                Problem(SHA256SUMS_MISMATCH, f"SHA256SUMS line {number} is malformed: {raw!r}")
-            )
-            continue
-        listed[name.removeprefix("*")] = digest
-    expected = {item.name: item.sha256 for item in objects}
-    for name, digest in expected.items():
-        found = listed.get(name)
-        if found is None:
-            problems.append(Problem(SHA256SUMS_MISMATCH, f"SHA256SUMS does not list {name}", name))
-        elif found != digest:
-            problems.append(
-                Problem(
-                    SHA256SUMS_MISMATCH,
-                    f"SHA256SUMS lists {name} as {found}, the manifest as {digest}",
-                    name,
-                    {"expected": digest, "actual": found},
-                )
-            )
-    for name in sorted(set(listed) - set(expected)):
-        problems.append(
-            Problem(
-                SHA256SUMS_MISMATCH, f"SHA256SUMS lists {name}, which the manifest does not", name
-            )
-        )
-    return problems
-
-
-def check_sidecar(data: bytes, entry: ManifestObject) -> list[Problem]:
-    """Compare an object's `<name>.sha256` sidecar with its manifest entry."""
-    text = data.decode("utf-8", "replace").strip()
-    digest = text.split(maxsplit=1)[0] if text else ""
-    if digest == entry.sha256:
-        return []
-    return [
-        Problem(
-            SIDECAR_MISMATCH,
-            f"{entry.name}.sha256 says {digest or 'nothing'}, the manifest lists {entry.sha256}",
-            entry.name,
-            {"expected": entry.sha256, "actual": digest},
-        )
-    ]

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from pipelines.companions import check_manifest_totals, check_sha256sums, check_sidecar
 from pipelines.file_objects import NO_OBJECT_KEYS_NOTE, FileCheckResult, FileObjectChecker
 from pipelines.locations import Location
 from pipelines.manifest import (
@@ -35,10 +36,7 @@ from pipelines.verification import (
     OBJECT_MISSING,
     SHA256SUMS_MISSING,
     Problem,
-    check_manifest_totals,
     check_object,
-    check_sha256sums,
-    check_sidecar,
 )
 
 logger = logging.getLogger(__name__)
