@@ -20,6 +20,7 @@ from exportctl.environment import load_settings
 from exportctl.output import Table, print_table
 from pipelines.database import connect
 from pipelines.export import WrittenObject
+from pipelines.locations import parse_s3_url
 from pipelines.options import COMPRESSIONS, FORMATS, parse_options
 from pipelines.parts import choose_part_size
 from pipelines.runner import ExportLimits, ExportRun, export_all, export_user
@@ -27,7 +28,7 @@ from pipelines.settings import Settings
 from pipelines.sharding import TARGET_SHARD_ROWS
 from pipelines.storage.client import s3_client_from_settings
 from pipelines.storage.sinks import UploadedPart
-from pipelines.storage.stores import ExportStore, LocalStore, S3Store, split_s3_url
+from pipelines.storage.stores import ExportStore, LocalStore, S3Store
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _store(out: str, settings: Settings) -> ExportStore:
     if out.startswith("s3://"):
-        bucket, prefix = split_s3_url(out)
+        bucket, prefix = parse_s3_url(out)
         return S3Store(s3_client_from_settings(settings), bucket=bucket, prefix=prefix)
     return LocalStore(Path(out))
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipelines.errors import PermanentError
 from pipelines.parts import MIN_PART_SIZE_BYTES
 from pipelines.storage.s3_errors import translate_s3_error
 from pipelines.storage.s3_sink import S3MultipartSink
@@ -147,13 +146,3 @@ class S3Store:
             )
         except (BotoCoreError, ClientError) as exc:
             raise translate_s3_error(exc, f"PutObject {self.location}{name}") from exc
-
-
-def split_s3_url(url: str) -> tuple[str, str]:
-    """Split `s3://bucket/prefix` into bucket and prefix, refusing anything else."""
-    if not url.startswith("s3://"):
-        raise PermanentError(f"not an s3:// address: {url!r}")
-    bucket, _, prefix = url[len("s3://") :].partition("/")
-    if not bucket or ".." in prefix.split("/"):
-        raise PermanentError(f"malformed s3:// address {url!r}: use s3://BUCKET/PREFIX/")
-    return bucket, prefix
