@@ -20,12 +20,15 @@ from pathlib import Path
 from exportctl.devstack import LocalStack, StackEndpoints
 from exportctl.output import Table, print_table
 from pipelines.database import connect
+from pipelines.file_objects import FileObjectChecker, S3ObjectInspector
+from pipelines.locations import open_location
 from pipelines.options import COMPRESSIONS, FORMATS, parse_options
 from pipelines.parts import choose_part_size
 from pipelines.runner import ExportLimits, ExportRun, export_all, export_user
 from pipelines.settings import Settings
 from pipelines.storage.client import s3_client_from_settings
 from pipelines.storage.stores import S3Store
+from pipelines.verifier import verify_export
 
 # Rows per shard of the demo's bulk export: small, so even demo data shows several shards.
 DEMO_SHARD_ROWS = 5000
@@ -45,12 +48,13 @@ class DemoContext:
     exports: list[DemoExport] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass
 class DemoExport:
     """One export the demo ran, for the summary table."""
 
     label: str
     run: ExportRun
+    verified: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -215,11 +219,31 @@ def _limits(settings: Settings, compression: str, max_size: int) -> ExportLimits
     )
 
 
+def _verify_exports(context: DemoContext) -> None:
+    settings = Settings.from_env(context.env)
+    client = s3_client_from_settings(settings)
+
+    def checker() -> FileObjectChecker:
+        inspector = S3ObjectInspector(client, bucket=settings.s3_bucket)
+        return FileObjectChecker(inspector, bucket=settings.s3_bucket)
+
+    failed = []
+    for export in context.exports:
+        location = open_location(export.run.location, s3_client=lambda: client)
+        report = verify_export(location, file_checker=checker)
+        export.verified = report.passed
+        if not report.passed:
+            failed.append(f"{export.label}: {report.problems[0].message}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} export(s) failed verification: " + "; ".join(failed))
+
+
 STEPS: list[Step] = [
     Step("apply schema", _apply_schema),
     Step("seed demo data", _seed),
     Step("export one user in every format and compression", _export_each_format),
     Step("export every user in shards from one snapshot", _export_everyone),
+    Step("verify every export (digests, records, file objects)", _verify_exports),
 ]
 
 
@@ -263,11 +287,12 @@ def _exports_table(exports: list[DemoExport]) -> Table:
                 f"{content / stored:.2f}" if stored else "-",
                 f"{sum(item.seconds for item in objects):.2f}",
                 objects[0].digests.stored_sha256[:16] + ("…" if len(objects) == 1 else " +"),
+                {True: "yes", False: "NO", None: "-"}[export.verified],
                 export.run.location,
             )
         )
     columns = ("export", "format", "compression", "rows", "bytes", "ratio", "seconds", "sha256")
-    return Table(title="Exports", columns=(*columns, "location"), rows=rows)
+    return Table(title="Exports", columns=(*columns, "verified", "location"), rows=rows)
 
 
 def _wait_for_interrupt() -> None:
