@@ -3,16 +3,22 @@
 `write_object` pulls batches through the chosen serializer, hashes content and stored bytes as they
 pass, cuts exact-size parts (frames ending at part boundaries when compressed) and hands them to a
 sink. The sink pulls; memory is one part plus one batch. `write_user_export` adds the manifest and
-`SHA256SUMS` beside the object. The caller owns the database transaction and the sink's storage.
+`SHA256SUMS` beside the object. Reading and serializing run on a second thread, handing chunks
+over a short queue, so they overlap with compression, hashing and upload (which release the GIL);
+the stages and their order are unchanged, so the bytes are too. The caller owns the database
+transaction and the sink's storage.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Final, TypeVar
 
 from pipelines.digests import DigestSummary, DigestTracker
 from pipelines.manifest import Manifest, ManifestObject, object_name
@@ -26,6 +32,21 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_NAME = "data-export"
 GENERATOR_VERSION = "0.1.0"
+
+# Chunks (about one batch each, ~1 MB) queued between the serializing and the compressing thread:
+# enough to ride out jitter on either side, few enough that memory stays a few batches.
+HANDOFF_CHUNKS: Final = 4
+# How often a producer blocked on a full queue checks whether the consumer has gone away.
+HANDOFF_POLL_SECONDS: Final = 0.1
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """The producer's last word: the error that stopped it, or None at the end of the stream."""
+
+    error: BaseException | None
 
 
 @dataclass(frozen=True)
@@ -112,21 +133,26 @@ def write_object(
     chunks = encoder(
         batches, tables=tables, header=header, include_metadata=options.include_metadata
     )
+    handoff = handed_off(counted(chunks))
     parts = iter_parts(
-        tracker.chunks(counted(chunks)),
+        tracker.chunks(handoff),
         compression=options.compression,
         level=level,
         part_size=part_size,
     )
-    progress = open_sink(tracker.summary).upload(tracker.parts(parts))
-    while True:
-        try:
-            uploaded = next(progress)
-        except StopIteration as stop:
-            stored: StoredObject = stop.value
-            break
-        if on_part is not None:
-            on_part(uploaded)
+    try:
+        progress = open_sink(tracker.summary).upload(tracker.parts(parts))
+        while True:
+            try:
+                uploaded = next(progress)
+            except StopIteration as stop:
+                stored: StoredObject = stop.value
+                break
+            if on_part is not None:
+                on_part(uploaded)
+    finally:
+        # Stop and join the reading thread before the caller touches the connection again.
+        handoff.close()
     digests = tracker.summary()
     seconds = time.monotonic() - started
     logger.info(
@@ -146,6 +172,53 @@ def write_object(
         part_size=part_size,
         seconds=seconds,
     )
+
+
+def handed_off(items: Iterable[T], *, depth: int = HANDOFF_CHUNKS) -> Generator[T, None, None]:
+    """Yield `items`, produced on a background thread up to `depth` ahead of the consumer.
+
+    The producer's exception is raised here; closing this generator stops the producer, closes
+    its iterator on its own thread and joins it.
+    """
+    handover: queue.Queue[T | _Finished] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: T | _Finished) -> bool:
+        while not stop.is_set():
+            try:
+                handover.put(item, timeout=HANDOFF_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not put(item):
+                    return
+            put(_Finished(None))
+        except BaseException as exc:  # handed to the consumer and raised there
+            put(_Finished(exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="export-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handover.get()
+            if isinstance(item, _Finished):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def user_object_name(options: ExportOptions) -> str:
