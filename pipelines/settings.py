@@ -243,6 +243,37 @@ SPECS: tuple[Spec, ...] = (
         "100",
         "Accepted exports per administrator per hour.",
     ),
+    # --- workers
+    Spec(
+        "WORKER_LEASE_SECONDS",
+        "worker_lease_seconds",
+        _positive_int,
+        "60",
+        "Lease a running export holds, renewed every third of it; a dead worker's job is taken "
+        "over once it lapses.",
+    ),
+    Spec(
+        "WORKER_MAX_ATTEMPTS",
+        "worker_max_attempts",
+        _positive_int,
+        "3",
+        "Attempts of one export or shard before it fails (kill -9 bypasses Dramatiq's retries).",
+    ),
+    Spec(
+        "BULK_TARGET_SHARD_ROWS",
+        "bulk_target_shard_rows",
+        _positive_int,
+        "1000000",
+        "Rows (users plus files) per bulk-export shard.",
+    ),
+    Spec(
+        "BULK_SNAPSHOT_HOLD_SECONDS",
+        "bulk_snapshot_hold_seconds",
+        _positive_int,
+        "21600",
+        "Longest a bulk export holds its snapshot open before it fails (keeps xmin from "
+        "lagging forever).",
+    ),
     # --- authentication
     Spec(
         "JWT_ALGORITHMS",
@@ -333,6 +364,10 @@ class Settings:
     export_gzip_level: int
     export_rate_limit: int
     export_admin_rate_limit: int
+    worker_lease_seconds: int
+    worker_max_attempts: int
+    bulk_target_shard_rows: int
+    bulk_snapshot_hold_seconds: int
     jwt_algorithms: tuple[str, ...]
     jwt_secret: str | None
     jwt_public_key: str | None
@@ -393,6 +428,8 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
         problems.append(f"S3_PRESIGN_SECONDS must be between 1 and {MAX_PRESIGN_SECONDS}")
     if not 1 <= values["export_zstd_level"] <= 22:
         problems.append("EXPORT_ZSTD_LEVEL must be between 1 and 22")
+    if values["worker_lease_seconds"] < 2:
+        problems.append("WORKER_LEASE_SECONDS must be at least 2")
     if not 1 <= values["export_gzip_level"] <= 9:
         problems.append("EXPORT_GZIP_LEVEL must be between 1 and 9")
     algorithms = set(values["jwt_algorithms"])

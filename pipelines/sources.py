@@ -62,7 +62,7 @@ def begin_snapshot(conn: psycopg.Connection[Any], *, snapshot_id: str | None = N
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         if snapshot_id:
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
-    except psycopg.errors.InvalidParameterValue as exc:
+    except (psycopg.errors.InvalidParameterValue, psycopg.errors.UndefinedObject) as exc:
         raise PermanentError(
             f"snapshot {snapshot_id} is gone: the transaction that exported it has ended"
         ) from exc

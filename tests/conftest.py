@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -57,7 +58,9 @@ def _external_services() -> dict[str, str]:
 
 
 def _with_database(url: str, name: str) -> str:
-    """Return `url` pointing at database `name` (same server, user and options)."""
+    """Return `url` pointing at database `name` (same server, user and options), in its form."""
+    if "://" in url:
+        return urlsplit(url)._replace(path=f"/{name}").geturl()
     info = psycopg.conninfo.conninfo_to_dict(url)
     info["dbname"] = name
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})

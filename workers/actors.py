@@ -58,7 +58,7 @@ def _runtime_from_env() -> Runtime:
     dramatiq.set_broker(broker)
     return Runtime(
         settings=settings,
-        worker=WorkerSettings.from_env(environ),
+        worker=WorkerSettings.from_settings(settings, environ),
         s3=s3_client_from_settings(settings),
         queue=dispatch.Dispatcher(broker),
     )
