@@ -1,0 +1,154 @@
+"""Read what a client sent: export request bodies, the Idempotency-Key, list parameters.
+
+Every problem is reported with the field it concerns (a body field such as
+`options.dateRange.end`, a header name, or a query parameter), all at once, as a 400 problem.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+
+from api.problems import ProblemError, invalid_request
+from pipelines.options import FORMATS, ExportOptions, InvalidOptionsError, parse_options
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Visible ASCII, at most 255 characters: room for a UUID or a client's own scheme, stored as text.
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+REQUEST_FIELDS = frozenset({"format", "options"})
+# Tells "no body at all" from a body that is JSON `null`.
+_NO_BODY = object()
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """A checked export request: its options and the body it came from (for fingerprints)."""
+
+    options: ExportOptions
+    body: dict[str, Any]
+
+
+def read_json_object(req: falcon.Request) -> dict[str, Any]:
+    """Return the request body as a JSON object ({} when there is no body), or raise 400."""
+    try:
+        media = req.get_media(default_when_empty=_NO_BODY)
+    except falcon.MediaMalformedError as exc:
+        raise ProblemError("invalid-request", "The request body is not valid JSON.") from exc
+    if media is _NO_BODY:
+        return {}
+    if not isinstance(media, dict):
+        raise invalid_request({"": "the request body must be a JSON object"})
+    return media
+
+
+def read_export_request(
+    req: falcon.Request, *, default_compression: str, compression_enabled: bool
+) -> ExportRequest:
+    """Check an export request body `{format, options}`, naming every bad field."""
+    body = read_json_object(req)
+    problems = {name: "unknown field" for name in sorted(set(body) - REQUEST_FIELDS)}
+    if "format" not in body:
+        problems["format"] = f"is required: one of {', '.join(FORMATS)}"
+    try:
+        options = parse_options(
+            body.get("format"),
+            body.get("options"),
+            default_compression=default_compression,
+            compression_enabled=compression_enabled,
+        )
+    except InvalidOptionsError as exc:
+        problems = exc.problems | problems
+    if problems:
+        raise invalid_request(problems)
+    return ExportRequest(options=options, body=body)
+
+
+def idempotency_key(req: falcon.Request) -> str | None:
+    """Return the request's Idempotency-Key, None without one, or raise 400 if it is malformed."""
+    key = req.get_header(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise invalid_request(
+            {IDEMPOTENCY_HEADER: "must be 1 to 255 visible ASCII characters"},
+        )
+    return key
+
+
+def export_id_param(export_id: str) -> uuid.UUID:
+    """Return the path's export id; anything that is not a UUID names no export (404)."""
+    try:
+        return uuid.UUID(export_id)
+    except ValueError as exc:
+        raise ProblemError("not-found", "No export with this id.") from exc
+
+
+def int_param(
+    params: Mapping[str, str],
+    name: str,
+    *,
+    default: int,
+    low: int,
+    high: int | None,
+    problems: dict[str, str],
+) -> int:
+    """Return an integer query parameter within bounds, recording a problem if it is not."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        problems[name] = "must be an integer"
+        return default
+    if value < low or (high is not None and value > high):
+        problems[name] = f"must be from {low} to {high}" if high else f"must be at least {low}"
+        return default
+    return value
+
+
+def choice_param(
+    params: Mapping[str, str], name: str, choices: tuple[str, ...], problems: dict[str, str]
+) -> str | None:
+    """Return a query parameter that must be one of `choices`, or None when absent."""
+    raw = params.get(name)
+    if raw is None:
+        return None
+    if raw not in choices:
+        problems[name] = f"must be one of {', '.join(choices)}"
+        return None
+    return raw
+
+
+def bool_param(params: Mapping[str, str], name: str, problems: dict[str, str]) -> bool:
+    """Return a `true`/`false` query parameter (false when absent)."""
+    raw = params.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in {"true", "1"}:
+        return True
+    if raw.lower() in {"false", "0"}:
+        return False
+    problems[name] = "must be true or false"
+    return False
+
+
+def check_params(req: falcon.Request, known: frozenset[str]) -> dict[str, str]:
+    """Return single-valued query parameters, or raise 400 for unknown or repeated ones."""
+    problems: dict[str, str] = {}
+    values: dict[str, str] = {}
+    for name, value in req.params.items():
+        if name not in known:
+            problems[name] = "unknown query parameter"
+        elif isinstance(value, list):
+            problems[name] = "give this parameter once"
+        else:
+            values[name] = value
+    if problems:
+        raise invalid_request(problems)
+    return values

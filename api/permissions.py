@@ -1,0 +1,136 @@
+"""Every permission decision of the API, made here and nowhere else.
+
+The model: the token's role is the ceiling, an `export_permissions` row narrows it, and token
+scopes narrow what one token may do.
+
+1. Role (from the verified token): `admin` in `roles` or `scope` makes an administrator; anyone
+   else is a user. Only administrators may start bulk exports, include system fields, run
+   cleanup, read system statistics, and view or download exports they do not own.
+2. Grant (the user's `export_permissions` row, ignored once `expires_at` has passed): no row
+   means the role's defaults (a user exports their own data in any format; an administrator may
+   do everything). A row replaces the defaults: `can_export_own`, `can_export_bulk`,
+   `can_include_system_fields` and `allowed_formats` can take rights away from anyone, but a row
+   never lifts a user above the role: `can_export_bulk = true` on a user's row grants nothing.
+3. Scopes: a token that carries any `exports:*` scope is limited to those scopes:
+   `exports:read` (status, list, download, own statistics), `exports:write` (create, verify),
+   `exports:admin` (bulk, cleanup, system statistics; the admin role is still required).
+   A token with no `exports:*` scope may do whatever its role and grant allow.
+4. Visibility: a user sees only their own exports; anyone else's export answers 404 exactly as
+   a missing one does, so export ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+
+from api.auth import Principal
+from api.problems import ProblemError
+from pipelines.options import FORMATS, ExportOptions
+
+SCOPE_PREFIX = "exports:"
+
+
+class Action(enum.Enum):
+    """What a request wants to do, with the token scope that covers it."""
+
+    READ = "exports:read"
+    CREATE = "exports:write"
+    VERIFY = "exports:write"
+    BULK = "exports:admin"
+    CLEANUP = "exports:admin"
+    SYSTEM_STATS = "exports:admin"
+
+    @property
+    def scope(self) -> str:
+        """Return the `exports:*` scope a scoped token needs for this action."""
+        return str(self.value)
+
+
+# Actions only an administrator may take, whatever a grant row says.
+ADMIN_ACTIONS = frozenset({Action.BULK, Action.CLEANUP, Action.SYSTEM_STATS})
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The rights from a user's `export_permissions` row, or the role defaults without one."""
+
+    can_export_own: bool = True
+    can_export_bulk: bool = True
+    can_include_system_fields: bool = True
+    allowed_formats: frozenset[str] = frozenset(FORMATS)
+    explicit: bool = False
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Grant:
+        """Build the grant from an `export_permissions` row."""
+        return cls(
+            can_export_own=bool(row["can_export_own"]),
+            can_export_bulk=bool(row["can_export_bulk"]),
+            can_include_system_fields=bool(row["can_include_system_fields"]),
+            allowed_formats=frozenset(row["allowed_formats"]),
+            explicit=True,
+        )
+
+
+DEFAULT_GRANT = Grant()
+
+
+def load_grant(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> Grant:
+    """Return the user's grant from `export_permissions`, or the defaults (no row or expired)."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            "SELECT can_export_own, can_export_bulk, can_include_system_fields, allowed_formats"
+            " FROM export_permissions WHERE user_id = %s"
+            " AND (expires_at IS NULL OR expires_at > now())",
+            (user_id,),
+        )
+        row = cursor.fetchone()
+    return DEFAULT_GRANT if row is None else Grant.from_row(row)
+
+
+def _forbidden(detail: str) -> ProblemError:
+    return ProblemError("forbidden", detail)
+
+
+def require(principal: Principal, action: Action) -> None:
+    """Raise 403 unless the token's role and scopes allow `action` (no database needed)."""
+    if action in ADMIN_ACTIONS and not principal.is_admin:
+        raise _forbidden("This action is reserved for administrators.")
+    scoped = any(scope.startswith(SCOPE_PREFIX) for scope in principal.scopes)
+    if scoped and action.scope not in principal.scopes:
+        raise _forbidden(f"The token lacks the '{action.scope}' scope.")
+
+
+def authorize_export(
+    principal: Principal, grant: Grant, options: ExportOptions, *, bulk: bool
+) -> None:
+    """Raise 403 unless this principal with this grant may create an export with `options`."""
+    require(principal, Action.BULK if bulk else Action.CREATE)
+    if bulk and not grant.can_export_bulk:
+        raise _forbidden("Your permissions do not include bulk exports.")
+    if not bulk and not grant.can_export_own:
+        raise _forbidden("Your permissions do not include exporting your data.")
+    if options.include_system_fields and not (
+        principal.is_admin and grant.can_include_system_fields
+    ):
+        raise _forbidden("Only administrators with that right may include system fields.")
+    if options.format not in grant.allowed_formats:
+        allowed = ", ".join(sorted(grant.allowed_formats)) or "none"
+        raise _forbidden(f"Your permissions allow these formats only: {allowed}.")
+
+
+def can_view(principal: Principal, export: Mapping[str, Any]) -> bool:
+    """Return whether the principal may see (and download) this export at all."""
+    return principal.is_admin or export["user_id"] == principal.user_id
+
+
+def actor_type(principal: Principal) -> Literal["user", "admin"]:
+    """Return the audit-trail actor type for the principal."""
+    return "admin" if principal.is_admin else "user"

@@ -1,0 +1,1 @@
+"""Falcon resources: one class per route, collaborators passed to `__init__`."""

@@ -1,0 +1,59 @@
+"""Helpers every export resource shares: who is asking, from where, and which export."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from typing import Any
+
+import falcon
+import orjson
+import psycopg
+
+from api.auth import Principal
+from api.payloads import export_id_param
+from api.permissions import can_view
+from api.problems import ProblemError
+from api.submission import Origin
+from pipelines.jobs import get_export
+
+NOT_FOUND_DETAIL = "No export with this id."
+
+
+def principal_of(req: falcon.Request) -> Principal:
+    """Return the authenticated principal the auth middleware stored."""
+    principal: Principal = req.context.principal
+    return principal
+
+
+def origin_of(req: falcon.Request) -> Origin:
+    """Return the request id, client address and user agent, for the audit trail."""
+    try:
+        client_ip: str | None = str(ipaddress.ip_address(req.remote_addr))
+    except ValueError:
+        client_ip = None
+    user_agent = req.user_agent
+    return Origin(
+        request_id=getattr(req.context, "request_id", None),
+        client_ip=client_ip,
+        # User agents are free text; keep enough to identify a client, not a client's essay.
+        user_agent=user_agent[:512] if user_agent else None,
+    )
+
+
+def visible_export(
+    conn: psycopg.Connection[Any], principal: Principal, raw_id: str
+) -> dict[str, Any]:
+    """Return the export if the principal may see it; 404 whether it is missing or not theirs."""
+    export_id: uuid.UUID = export_id_param(raw_id)
+    row = get_export(conn, str(export_id))
+    if row is None or not can_view(principal, row):
+        raise ProblemError("not-found", NOT_FOUND_DETAIL)
+    return row
+
+
+def send_json(resp: falcon.Response, document: Any, *, status: int = 200) -> None:
+    """Answer with `document` as JSON."""
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = orjson.dumps(document)

@@ -1,0 +1,321 @@
+"""The export endpoints against real PostgreSQL, Redis and S3, with a recording dispatcher.
+
+Covers creation (202, Location, rate-limit headers, audit entry, message), idempotent retries and
+reused keys, the rate limit counting only accepted exports, a broker that is down (row failed
+with a reason, slot given back), permissions from `export_permissions`, listing with filters,
+status with logs, another user's export answering 404, verification, cleanup and statistics.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import falcon.testing
+import pytest
+import redis
+from api_support import add_user, auth, build_client, complete, make_settings
+
+from api.database import ThreadLocalDatabase
+from api.dispatch import RecordingDispatcher, broker_down
+from api.ratelimit import RateLimiter, create_redis
+from api.submission import ENQUEUE_FAILED_CODE
+from pipelines.database import connect
+
+LIMIT = 3
+
+
+@dataclass
+class Api:
+    """A test client and what it is wired to."""
+
+    client: falcon.testing.TestClient
+    dispatcher: RecordingDispatcher
+    database_url: str
+
+
+@pytest.fixture
+def limiter_factory(redis_url: str) -> Iterator[Callable[[], RateLimiter]]:
+    prefix = f"test:api:{uuid.uuid4().hex}:"
+    clients: list[redis.Redis] = []
+
+    def make() -> RateLimiter:
+        client = create_redis(redis_url)
+        clients.append(client)
+        return RateLimiter(client, limit=LIMIT, admin_limit=LIMIT + 2, key_prefix=prefix)
+
+    yield make
+    for client in clients:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def api(database_url: str, limiter_factory: Callable[[], RateLimiter]) -> Iterator[Api]:
+    dispatcher = RecordingDispatcher()
+    database = ThreadLocalDatabase(database_url)
+    client = build_client(
+        settings=make_settings(),
+        database=database,
+        limiter=limiter_factory(),
+        dispatcher=dispatcher,
+    )
+    yield Api(client, dispatcher, database_url)
+    database.close()
+
+
+def create(
+    api: Api, user: uuid.UUID, body: dict[str, Any] | None = None, *, key: str | None = None
+) -> Any:
+    headers = auth(user) if key is None else {**auth(user), "Idempotency-Key": key}
+    return api.client.simulate_post(
+        "/api/exports/user", json=body or {"format": "json"}, headers=headers
+    )
+
+
+def test_user_export_is_accepted_queued_enqueued_and_audited(api: Api) -> None:
+    user = add_user(api.database_url)
+    result = create(api, user, {"format": "csv", "options": {"compression": True}})
+    assert result.status_code == 202
+    export = result.json["export"]
+    assert (export["status"], export["format"], export["compression"]) == ("queued", "csv", "zstd")
+    assert result.headers["location"] == f"/api/exports/{export['id']}/status"
+    assert result.headers["ratelimit-limit"] == str(LIMIT)
+    assert result.headers["ratelimit-remaining"] == str(LIMIT - 1)
+    [message] = api.dispatcher.of_kind("user_export")
+    assert message.export_id == export["id"]
+    assert message.request_id == result.headers["x-request-id"]
+    status = api.client.simulate_get(export["links"]["status"], headers=auth(user))
+    assert status.status_code == 200
+    assert [entry["event"] for entry in status.json["export"]["logs"]] == ["export.requested"]
+
+
+def test_export_for_a_user_unknown_to_the_application_is_refused(api: Api) -> None:
+    result = create(api, uuid.uuid4())
+    assert result.status_code == 403
+    assert api.dispatcher.messages == []
+
+
+def test_idempotent_retry_returns_the_same_export_without_counting(api: Api) -> None:
+    user = add_user(api.database_url)
+    first = create(api, user, {"format": "xml"}, key="abc-1")
+    again = create(api, user, {"format": "xml"}, key="abc-1")
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json["export"]["id"] == first.json["export"]["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(api.dispatcher.of_kind("user_export")) == 1
+    # Two more fresh exports still fit: the retry took no slot.
+    assert create(api, user).status_code == 202
+    assert create(api, user).status_code == 202
+    assert create(api, user).status_code == 429
+
+
+def test_reused_idempotency_key_with_another_body_answers_422(api: Api) -> None:
+    user = add_user(api.database_url)
+    assert create(api, user, {"format": "xml"}, key="k").status_code == 202
+    reused = create(api, user, {"format": "csv"}, key="k")
+    assert reused.status_code == 422
+    assert reused.json["type"].endswith("/idempotency-key-reused")
+
+
+def test_rate_limit_answers_429_with_headers_and_counts_only_accepted(api: Api) -> None:
+    user = add_user(api.database_url)
+    assert create(api, user, {"format": "pdf"}).status_code == 400  # rejected: not counted
+    for _ in range(LIMIT):
+        assert create(api, user).status_code == 202
+    refused = create(api, user)
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) > 0
+    assert refused.headers["ratelimit-remaining"] == "0"
+    with connect(api.database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM data_exports").fetchone()
+    assert row is not None
+    assert row[0] == LIMIT
+
+
+def test_broker_down_fails_the_row_with_a_reason_and_frees_the_slot(api: Api) -> None:
+    user = add_user(api.database_url)
+    api.dispatcher.fail_with = broker_down()
+    for _ in range(LIMIT + 1):
+        result = create(api, user, key="same")
+        assert result.status_code == 503
+        assert result.headers["retry-after"]
+    with connect(api.database_url) as conn:
+        rows = conn.execute(
+            "SELECT status, error_code, error_message, idempotency_key FROM data_exports"
+        ).fetchall()
+    assert len(rows) == LIMIT + 1
+    assert all(row[0] == "failed" and row[1] == ENQUEUE_FAILED_CODE and row[2] for row in rows)
+    assert all(row[3] is None for row in rows)
+    api.dispatcher.fail_with = None
+    retried = create(api, user, key="same")
+    assert retried.status_code == 202
+    assert retried.json["export"]["status"] == "queued"
+
+
+def test_another_users_export_answers_404_like_a_missing_one(api: Api) -> None:
+    owner, other = add_user(api.database_url), add_user(api.database_url)
+    export_id = create(api, owner).json["export"]["id"]
+    for suffix in ("status", "download"):
+        theirs = api.client.simulate_get(f"/api/exports/{export_id}/{suffix}", headers=auth(other))
+        missing = api.client.simulate_get(
+            f"/api/exports/{uuid.uuid4()}/{suffix}", headers=auth(other)
+        )
+        assert theirs.status_code == missing.status_code == 404
+        assert theirs.json["detail"] == missing.json["detail"]
+    verify = api.client.simulate_post(f"/api/exports/{export_id}/verify", headers=auth(other))
+    assert verify.status_code == 404
+    assert (
+        api.client.simulate_get("/api/exports/not-a-uuid/status", headers=auth(other)).status_code
+        == 404
+    )
+
+
+def test_admin_may_read_any_export(api: Api) -> None:
+    owner, admin = add_user(api.database_url), add_user(api.database_url, role="admin")
+    export_id = create(api, owner).json["export"]["id"]
+    result = api.client.simulate_get(
+        f"/api/exports/{export_id}/status", headers=auth(admin, roles=("admin",))
+    )
+    assert result.status_code == 200
+
+
+def test_list_filters_paginates_and_counts_only_own_exports(api: Api) -> None:
+    user, other = add_user(api.database_url), add_user(api.database_url)
+    ids = [
+        create(api, user, {"format": fmt}).json["export"]["id"] for fmt in ("json", "csv", "csv")
+    ]
+    create(api, other)
+    complete(api.database_url, ids[1], object_key=f"exports/{ids[1]}/export.csv")
+    page = api.client.simulate_get("/api/exports", params={"limit": "2"}, headers=auth(user))
+    assert page.status_code == 200
+    assert (page.json["total"], page.json["limit"], page.json["offset"]) == (3, 2, 0)
+    assert [item["id"] for item in page.json["exports"]] == [ids[2], ids[1]]
+    rest = api.client.simulate_get(
+        "/api/exports", params={"limit": "2", "offset": "2"}, headers=auth(user)
+    )
+    assert [item["id"] for item in rest.json["exports"]] == [ids[0]]
+    csv_done = api.client.simulate_get(
+        "/api/exports", params={"format": "csv", "status": "completed"}, headers=auth(user)
+    )
+    assert csv_done.json["total"] == 1
+    assert csv_done.json["exports"][0]["id"] == ids[1]
+
+
+def test_permission_row_restricts_formats_and_own_exports(api: Api) -> None:
+    user = add_user(api.database_url)
+    with connect(api.database_url) as conn:
+        conn.execute(
+            "INSERT INTO export_permissions (user_id, allowed_formats) VALUES (%s, ARRAY['csv'])",
+            (user,),
+        )
+        conn.commit()
+    assert create(api, user, {"format": "json"}).status_code == 403
+    assert create(api, user, {"format": "csv"}).status_code == 202
+    with connect(api.database_url) as conn:
+        conn.execute(
+            "UPDATE export_permissions SET can_export_own = false WHERE user_id = %s", (user,)
+        )
+        conn.commit()
+    assert create(api, user, {"format": "csv"}).status_code == 403
+
+
+def test_expired_permission_row_falls_back_to_role_defaults(api: Api) -> None:
+    user = add_user(api.database_url)
+    with connect(api.database_url) as conn:
+        conn.execute(
+            "INSERT INTO export_permissions (user_id, can_export_own, expires_at)"
+            " VALUES (%s, false, now() - interval '1 day')",
+            (user,),
+        )
+        conn.commit()
+    assert create(api, user).status_code == 202
+
+
+def test_system_fields_need_an_admin(api: Api) -> None:
+    user = add_user(api.database_url)
+    body = {"format": "json", "options": {"includeSystemFields": True}}
+    assert create(api, user, body).status_code == 403
+    admin = add_user(api.database_url, role="admin")
+    result = api.client.simulate_post(
+        "/api/exports/user", json=body, headers=auth(admin, roles=("admin",))
+    )
+    assert result.status_code == 202
+
+
+def test_bulk_export_by_an_admin_is_queued_on_the_bulk_path(api: Api) -> None:
+    admin = add_user(api.database_url, role="admin")
+    result = api.client.simulate_post(
+        "/api/exports/bulk",
+        json={"format": "jsonl", "options": {"includeSystemFields": True, "compression": "gzip"}},
+        headers=auth(admin, roles=("admin",)),
+    )
+    assert result.status_code == 202
+    assert result.json["export"]["type"] == "bulk"
+    assert [m.export_id for m in api.dispatcher.of_kind("bulk_export")] == [
+        result.json["export"]["id"]
+    ]
+    assert result.headers["ratelimit-limit"] == str(LIMIT + 2)
+
+
+def test_admin_without_bulk_right_in_their_row_is_refused(api: Api) -> None:
+    admin = add_user(api.database_url, role="admin")
+    with connect(api.database_url) as conn:
+        conn.execute("INSERT INTO export_permissions (user_id) VALUES (%s)", (admin,))
+        conn.commit()
+    result = api.client.simulate_post(
+        "/api/exports/bulk", json={"format": "json"}, headers=auth(admin, roles=("admin",))
+    )
+    assert result.status_code == 403
+
+
+def test_verify_queues_completed_exports_and_refuses_others(api: Api) -> None:
+    user = add_user(api.database_url)
+    export_id = create(api, user).json["export"]["id"]
+    path = f"/api/exports/{export_id}/verify"
+    assert api.client.simulate_post(path, headers=auth(user)).status_code == 409
+    complete(api.database_url, export_id, object_key=f"exports/{export_id}/export.json")
+    accepted = api.client.simulate_post(path, headers=auth(user))
+    assert accepted.status_code == 202
+    assert [m.export_id for m in api.dispatcher.of_kind("verification")] == [export_id]
+    complete(api.database_url, export_id, object_key="gone", status="expired")
+    assert api.client.simulate_post(path, headers=auth(user)).status_code == 410
+
+
+def test_cleanup_by_an_admin_is_queued_and_audited(api: Api) -> None:
+    admin = add_user(api.database_url, role="admin")
+    result = api.client.simulate_post("/api/exports/cleanup", headers=auth(admin, roles=("admin",)))
+    assert result.status_code == 202
+    assert result.json["cleanup"]["status"] == "queued"
+    assert len(api.dispatcher.of_kind("cleanup")) == 1
+    with connect(api.database_url) as conn:
+        row = conn.execute(
+            "SELECT actor_type, actor_id FROM export_logs WHERE event = 'cleanup.requested'"
+        ).fetchone()
+    assert row == ("admin", admin)
+
+
+def test_stats_give_user_figures_and_system_figures_to_admins(api: Api) -> None:
+    user, admin = add_user(api.database_url), add_user(api.database_url, role="admin")
+    export_id = create(api, user).json["export"]["id"]
+    create(api, user)
+    complete(api.database_url, export_id, object_key=f"exports/{export_id}/export.json")
+    mine = api.client.simulate_get("/api/exports/stats", headers=auth(user))
+    assert mine.status_code == 200
+    assert mine.json["user"]["totalExports"] == 2
+    assert mine.json["user"]["completedExports"] == 1
+    assert mine.json["user"]["completedSizeBytes"] == 11
+    assert "system" not in mine.json
+    system = api.client.simulate_get(
+        "/api/exports/stats",
+        params={"include_system": "true"},
+        headers=auth(admin, roles=("admin",)),
+    )
+    assert system.status_code == 200
+    assert system.json["user"]["totalExports"] == 0
+    assert sum(row["exportCount"] for row in system.json["system"]["summary"]) == 2
+    assert system.json["system"]["health"]["queuedCount"] == 1
