@@ -212,6 +212,18 @@ def test_restore_from_an_s3_prefix_equals_source(
     _assert_same_data(source_url, empty_database_url)
 
 
+def test_lone_s3_object_restores_without_its_manifest(
+    source_url: str, database_url: str, s3_client: S3Client, s3_bucket: str
+) -> None:
+    store = S3Store(s3_client, bucket=s3_bucket, prefix="exports/lone/")
+    manifest = _export(source_url, store, "csv", "zstd", part_bytes=S3_PART_BYTES)
+    location = store.location + manifest.objects[0].name
+    with connect(database_url) as conn:
+        report = restore(conn, open_source(location, s3_client=s3_client))
+    assert not report.verified
+    _assert_same_data(source_url, database_url)
+
+
 def test_restore_refuses_a_target_that_already_has_rows(source_url: str, tmp_path: Path) -> None:
     _export(source_url, LocalStore(tmp_path), "json", "none")
     before = _table_digest(source_url, "files")
