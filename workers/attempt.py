@@ -99,7 +99,7 @@ def write_with_resume(
                 details={"upload_id": upload_id, "parts_kept": len(kept), "name": job.name},
             )
             return write_resumed(open_batches, job, log, upload_id=upload_id, kept=kept)
-        _abort_quietly(job, upload_id)
+        abort_quietly(job, upload_id)
         set_fields(attempt.conn, attempt.lease, {"multipart_upload_id": None})
         attempt.audit(
             "export.restarted",
@@ -146,8 +146,8 @@ def _error_code(error: Exception) -> str:
     return "attempts_exhausted"
 
 
-def _abort_quietly(job: ObjectJob, upload_id: str) -> None:
-    """Abort an upload nothing can resume; cleanup retries it if this fails."""
+def abort_quietly(job: ObjectJob, upload_id: str) -> None:
+    """Abort an upload nothing will resume; cleanup retries it if this fails."""
     try:
         job.s3.abort_multipart_upload(
             Bucket=job.store.bucket, Key=job.store.key(job.name), UploadId=upload_id

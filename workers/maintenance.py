@@ -14,6 +14,7 @@ from typing import Any, Final
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pipelines.errors import ExportError
 from pipelines.storage.s3_errors import translate_s3_error
 from workers.fanin import finalize_if_done
 from workers.rows import audit
@@ -33,29 +34,34 @@ ABANDONED_UPLOAD_SECONDS: Final = 24 * 3600
 SWEEP_ROWS: Final = 500
 
 
-def fail_stuck_exports(runtime: Runtime) -> int:
+def fail_stuck_exports(
+    runtime: Runtime,
+    *,
+    grace_seconds: int = STUCK_GRACE_SECONDS,
+    queued_max_seconds: int = QUEUED_MAX_SECONDS,
+) -> int:
     """Fail exports and shards whose lease expired long ago or that were never picked up."""
     failed = 0
     with runtime.connect() as conn:
         for kind, table in (("shard", "export_shards"), ("export", "data_exports")):
             rows = conn.execute(
-                f"SELECT id::text, lease_owner, lease_expires_at, status FROM {table}"
-                " WHERE (status = 'running'"
+                f"SELECT id::text, lease_owner, lease_expires_at, status, multipart_upload_id"
+                f" FROM {table} WHERE (status = 'running'"
                 " AND lease_expires_at < now() - make_interval(secs => %s))"
                 " OR (status = 'queued' AND created_at < now() - make_interval(secs => %s))"
                 " ORDER BY id LIMIT %s",
-                (STUCK_GRACE_SECONDS, QUEUED_MAX_SECONDS, SWEEP_ROWS),
+                (grace_seconds, queued_max_seconds, SWEEP_ROWS),
             ).fetchall()
-            for row_id, owner, expired, status in rows:
+            for row_id, owner, expired, status, upload_id in rows:
                 if status == "running":
                     reason = (
                         f"the worker {owner} stopped renewing its lease at {expired.isoformat()} "
-                        f"and no worker resumed it within {STUCK_GRACE_SECONDS} s; "
+                        f"and no worker resumed it within {grace_seconds} s; "
                         "check that workers are running, then start the export again"
                     )
                 else:
                     reason = (
-                        f"no worker picked it up within {QUEUED_MAX_SECONDS} s; check that "
+                        f"no worker picked it up within {queued_max_seconds} s; check that "
                         "workers consume the queue, then start the export again"
                     )
                 if not fail_unleased(conn, kind, row_id, code="stuck", message=reason):  # type: ignore[arg-type]
@@ -64,16 +70,27 @@ def fail_stuck_exports(runtime: Runtime) -> int:
                 export_id = row_id if kind == "export" else _export_of(conn, row_id)
                 shard_id = row_id if kind == "shard" else None
                 audit(conn, export_id, "export.stuck", reason, level="error", shard_id=shard_id)
+                if upload_id:
+                    _abort_failed_upload(
+                        runtime, conn, table, row_id, export_id=export_id, upload_id=str(upload_id)
+                    )
                 if kind == "shard":
                     finalize_if_done(runtime, conn, export_id)
     return failed
 
 
-def abort_abandoned_uploads(runtime: Runtime) -> int:
-    """Abort multipart uploads under the export prefix that no running job can complete."""
+def abort_abandoned_uploads(
+    runtime: Runtime, *, older_than_seconds: int = ABANDONED_UPLOAD_SECONDS
+) -> int:
+    """Abort multipart uploads under the export prefix that no running job can complete.
+
+    An upload is kept while a queued or running row names it (a running row whose lease expired
+    is resumed by its redelivered message until the stuck sweep fails it) and while it is younger
+    than `older_than_seconds` (its row may not have recorded it yet).
+    """
     settings = runtime.settings
     aborted = 0
-    cutoff = datetime.now(UTC) - timedelta(seconds=ABANDONED_UPLOAD_SECONDS)
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
     with runtime.connect() as conn:
         live = {
             str(upload)
@@ -84,17 +101,11 @@ def abort_abandoned_uploads(runtime: Runtime) -> int:
                 " AND multipart_upload_id IS NOT NULL"
             )
         }
-        for key, upload_id, initiated in _list_uploads(runtime):
+        for key, upload_id, initiated in _list_uploads(runtime, settings.s3_export_prefix):
             if upload_id in live or initiated > cutoff:
                 continue
-            try:
-                runtime.s3.abort_multipart_upload(
-                    Bucket=settings.s3_bucket, Key=key, UploadId=upload_id
-                )
-            except (BotoCoreError, ClientError) as exc:
-                raise translate_s3_error(exc, f"AbortMultipartUpload {key}") from exc
+            _abort(runtime, key, upload_id)
             aborted += 1
-            logger.info("aborted abandoned upload %s of %s", upload_id, key)
         for table in ("data_exports", "export_shards"):
             conn.execute(
                 f"UPDATE {table} SET multipart_upload_id = NULL, updated_at = now()"
@@ -105,28 +116,42 @@ def abort_abandoned_uploads(runtime: Runtime) -> int:
 
 
 def cleanup_exports(runtime: Runtime) -> int:
-    """Delete the objects of exports past their retention and mark them expired."""
+    """Delete the objects of exports past their retention and mark them; return how many.
+
+    Retention is the export's `expires_at` (set at completion from its template's
+    `retention_days` or EXPORT_RETENTION_DAYS); an export finished without one (failed, or
+    completed before retention was recorded) expires that many days after it finished. A
+    completed export becomes `expired`; a failed or cancelled one keeps its status. Both get
+    `purged_at`, and every object under the export's prefix is deleted: data objects, manifest,
+    SHA256SUMS and sidecars, including the shards a failed bulk export left.
+    """
     expired = 0
     with runtime.connect() as conn:
         rows = conn.execute(
-            "SELECT id::text FROM data_exports WHERE status = 'completed' AND expires_at < now()"
-            " ORDER BY expires_at LIMIT %s",
-            (SWEEP_ROWS,),
+            "SELECT e.id::text, e.status FROM data_exports e"
+            " LEFT JOIN export_templates t ON t.id = e.template_id"
+            " WHERE e.purged_at IS NULL AND e.status IN ('completed', 'failed', 'cancelled')"
+            " AND coalesce(e.expires_at, e.finished_at"
+            " + make_interval(days => coalesce(t.retention_days, %s))) < now()"
+            " ORDER BY e.id LIMIT %s",
+            (runtime.settings.export_retention_days, SWEEP_ROWS),
         ).fetchall()
-        for (export_id,) in rows:
+        for export_id, status in rows:
             deleted = _delete_prefix(runtime, runtime.prefix(export_id))
             changed = conn.execute(
-                "UPDATE data_exports SET status = 'expired', purged_at = now(), updated_at = now()"
-                " WHERE id = %s AND status = 'completed'",
-                (export_id,),
+                "UPDATE data_exports SET status = CASE WHEN status = 'completed' THEN 'expired'"
+                " ELSE status END, purged_at = now(), updated_at = now()"
+                " WHERE id = %s AND status = %s AND purged_at IS NULL",
+                (export_id, status),
             ).rowcount
             if changed:
                 expired += 1
                 audit(
                     conn,
                     export_id,
-                    "export.expired",
+                    "export.expired" if status == "completed" else "export.purged",
                     f"retention passed: {deleted} object(s) deleted from the bucket",
+                    details={"objects_deleted": deleted},
                 )
     return expired
 
@@ -139,18 +164,59 @@ def _export_of(conn: psycopg.Connection[Any], shard_id: str) -> str:
     return str(row[0])
 
 
-def _list_uploads(runtime: Runtime) -> list[tuple[str, str, datetime]]:
-    """Return (key, upload id, initiated) of open uploads under the export prefix."""
+def _list_uploads(runtime: Runtime, prefix: str) -> list[tuple[str, str, datetime]]:
+    """Return (key, upload id, initiated) of open uploads under `prefix`."""
     settings = runtime.settings
     found: list[tuple[str, str, datetime]] = []
     try:
         paginator = runtime.s3.get_paginator("list_multipart_uploads")
-        for page in paginator.paginate(Bucket=settings.s3_bucket, Prefix=settings.s3_export_prefix):
+        for page in paginator.paginate(Bucket=settings.s3_bucket, Prefix=prefix):
             for upload in page.get("Uploads", []):
                 found.append((upload["Key"], upload["UploadId"], upload["Initiated"]))
     except (BotoCoreError, ClientError) as exc:
         raise translate_s3_error(exc, "ListMultipartUploads") from exc
     return found
+
+
+def _abort_failed_upload(
+    runtime: Runtime,
+    conn: psycopg.Connection[Any],
+    table: str,
+    row_id: str,
+    *,
+    export_id: str,
+    upload_id: str,
+) -> None:
+    """Abort the upload of a row just failed: failed is final, nothing will resume it."""
+    try:
+        _abort_listed(runtime, runtime.prefix(export_id), {upload_id})
+    except ExportError:
+        logger.warning(
+            "export %s: upload %s not aborted; the upload sweep will", export_id, upload_id
+        )
+        return
+    conn.execute(f"UPDATE {table} SET multipart_upload_id = NULL WHERE id = %s", (row_id,))
+
+
+def _abort_listed(runtime: Runtime, prefix: str, upload_ids: set[str]) -> None:
+    """Abort the open uploads under `prefix` whose ids are in `upload_ids`."""
+    for key, upload_id, _ in _list_uploads(runtime, prefix):
+        if upload_id in upload_ids:
+            _abort(runtime, key, upload_id)
+
+
+def _abort(runtime: Runtime, key: str, upload_id: str) -> None:
+    """Abort one multipart upload; an upload already gone counts as aborted."""
+    try:
+        runtime.s3.abort_multipart_upload(
+            Bucket=runtime.settings.s3_bucket, Key=key, UploadId=upload_id
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            raise translate_s3_error(exc, f"AbortMultipartUpload {key}") from exc
+    except BotoCoreError as exc:
+        raise translate_s3_error(exc, f"AbortMultipartUpload {key}") from exc
+    logger.info("aborted multipart upload %s of %s", upload_id, key)
 
 
 def _delete_prefix(runtime: Runtime, prefix: str) -> int:

@@ -6,7 +6,8 @@ serializer state and the parts stage's offsets) in `export_upload_parts`, fenced
 A later attempt that finds an open upload continues after the last resumable recorded part with
 `S3MultipartSink.resume`: frames end at part boundaries, so the tail is byte for byte what the
 first run would have written. A resumed run saw only the tail, so its digests come from reading
-the finished object back (`digest_stored`).
+the finished object back (`digest_stored`). A worker that finds its lease taken stops without
+aborting the upload: the new holder is continuing it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pipelines.storage.s3_sink import S3MultipartSink
 from pipelines.storage.sinks import Sink, SummaryFn, UploadedPart
 from pipelines.storage.stores import S3Store
 from workers.heartbeat import LeaseKeeper
-from workers.state import Lease, record_part, set_fields
+from workers.state import Lease, LeaseLostError, record_part, set_fields
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -160,6 +161,7 @@ class PartLog:
         self._lease_seconds = lease_seconds
         self._delay = delay_seconds
         self.upload_id: str | None = None
+        self.lease_lost = False
         self._raw = 0
         self._records = 0
 
@@ -174,8 +176,19 @@ class PartLog:
         self._raw = point.raw_bytes
         self._records = point.records
 
+    def should_abort(self, error: BaseException) -> bool:
+        """Return whether a failure aborts the upload: not once another worker holds the lease."""
+        return not (self.lease_lost or isinstance(error, LeaseLostError))
+
     def part_stored(self, part: UploadedPart) -> None:
         """Record one stored part of the current multipart upload."""
+        try:
+            self._record(part)
+        except LeaseLostError:
+            self.lease_lost = True
+            raise
+
+    def _record(self, part: UploadedPart) -> None:
         self._keeper.check()
         if self.upload_id is None or part.etag is None:
             return  # a single-PUT object: nothing to resume
@@ -206,14 +219,7 @@ def write_fresh(batches: Iterable[RowBatch], job: ObjectJob, log: PartLog) -> Wr
     """Write the object from the start, recording the upload and every part."""
 
     def open_sink(summary: SummaryFn) -> Sink:
-        return job.store.sink(
-            job.name,
-            content_type=content_type(job.options.format, job.options.compression),
-            part_size=job.part_size,
-            max_size=job.max_size,
-            summary=summary,
-            on_upload_started=log.upload_started,
-        )
+        return _sink(job, log, summary=summary, on_upload_started=log.upload_started)
 
     return write_object(
         batches,
@@ -262,13 +268,7 @@ def write_resumed(
         part_size=job.part_size,
         resume=point,
     )
-    sink = job.store.sink(
-        job.name,
-        content_type=content_type(job.options.format, job.options.compression),
-        part_size=job.part_size,
-        max_size=job.max_size,
-    )
-    assert isinstance(sink, S3MultipartSink)
+    sink = _sink(job, log)
     progress = sink.resume(_counted(parts, tail), upload_id=upload_id, completed=kept)
     while True:
         try:
@@ -295,6 +295,27 @@ def write_resumed(
         counts=counts,
         part_size=job.part_size,
         seconds=time.monotonic() - started,
+    )
+
+
+def _sink(
+    job: ObjectJob,
+    log: PartLog,
+    *,
+    summary: SummaryFn | None = None,
+    on_upload_started: Callable[[str], None] | None = None,
+) -> S3MultipartSink:
+    """Return the object's multipart sink, which leaves the upload open once the lease is lost."""
+    return S3MultipartSink(
+        job.s3,
+        bucket=job.store.bucket,
+        key=job.store.key(job.name),
+        part_size=job.part_size,
+        content_type=content_type(job.options.format, job.options.compression),
+        max_size=job.max_size,
+        summary=summary,
+        on_upload_started=on_upload_started,
+        abort_on_error=log.should_abort,
     )
 
 

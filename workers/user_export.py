@@ -1,20 +1,24 @@
 """Run one user export job: claim its row, write the object, publish the manifest, complete.
 
 `queued → running → completed | failed`, every step in the audit trail, then a message to the
-verifier. A duplicate delivery finds the row leased or finished and does nothing; an attempt
-after a crash resumes the recorded upload. Called by the `export_user` actor and by tests.
+verifier. A duplicate delivery finds the row leased or finished and does nothing. An attempt after
+a crash starts again from scratch on a fresh snapshot (aborting the old upload): the first
+attempt's snapshot died with its worker, and resuming the tail from a newer one would mix two
+points in time in one file. User exports are small (EXPORT_MAX_SIZE), so this costs little;
+bulk shards resume instead, because they re-adopt the snapshot their export holds.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 
 from pipelines.export import user_object_name
 from pipelines.records import RowBatch
 from pipelines.runner import publish_manifest, snapshot_time
 from pipelines.sources import SourcePosition, begin_snapshot, iter_user_batches
-from workers.attempt import Attempt, Outcome, settle_failure, write_with_resume
+from workers.attempt import Attempt, Outcome, abort_quietly, settle_failure, write_with_resume
 from workers.heartbeat import LeaseKeeper
 from workers.resume import ObjectJob
 from workers.rows import (
@@ -79,15 +83,8 @@ def _export(attempt: Attempt) -> None:
         runtime.connect(autocommit=False) as reader,
     ):
         begin_snapshot(reader)
-        if row["snapshot_at"] is None:
-            # The header names the first attempt's snapshot time; a resumed attempt reuses it
-            # so the bytes already uploaded and the tail agree.
-            row = {**row, "snapshot_at": snapshot_time(reader), "part_size_bytes": part_size}
-            set_fields(
-                attempt.conn,
-                lease,
-                {"snapshot_at": row["snapshot_at"], "part_size_bytes": part_size},
-            )
+        # Every attempt reads its own snapshot and names its time in the header.
+        row = {**row, "snapshot_at": snapshot_time(reader), "part_size_bytes": part_size}
         header = header_from_row(row, options)
         job = ObjectJob(
             name=user_object_name(options),
@@ -99,6 +96,13 @@ def _export(attempt: Attempt) -> None:
             max_size=settings.export_max_size,
             level=compression_level(settings, options.compression),
         )
+        _restart(attempt, job)
+        set_fields(
+            attempt.conn,
+            lease,
+            {"snapshot_at": row["snapshot_at"], "part_size_bytes": part_size},
+        )
+        attempt = replace(attempt, row={**row, "multipart_upload_id": None})
 
         def open_batches(after: SourcePosition | None) -> Iterator[RowBatch]:
             return iter_user_batches(reader, user_id=user_id, options=options, after=after)
@@ -115,4 +119,20 @@ def _export(attempt: Attempt) -> None:
         "export.completed",
         f"wrote {written.name}: {fields['size_bytes']} bytes, {fields['record_count']} records",
         details={"sha256": fields["sha256"], "seconds": round(written.seconds, 3)},
+    )
+
+
+def _restart(attempt: Attempt, job: ObjectJob) -> None:
+    """Abort the upload an earlier attempt left, so this attempt writes one point in time."""
+    upload_id = attempt.row.get("multipart_upload_id")
+    if not upload_id:
+        return
+    abort_quietly(job, upload_id)
+    set_fields(attempt.conn, attempt.lease, {"multipart_upload_id": None})
+    attempt.audit(
+        "export.restarted",
+        f"attempt {attempt.lease.attempts} starts again on a fresh snapshot instead of resuming "
+        f"upload {upload_id}: the earlier attempt's snapshot ended with its worker, and a user "
+        "export must be one point in time",
+        details={"upload_id": upload_id, "reason": "snapshot_lost"},
     )

@@ -4,7 +4,9 @@ Every non-final part must be exactly the part size (R2 answers InvalidPart at co
 otherwise), so the sink refuses a short part that is not the last before sending anything more.
 A whole object that fits in one part goes up as a single PUT carrying its digests as metadata;
 a multipart object gets its final digests in a `<key>.sha256` sidecar, since metadata is fixed at
-CreateMultipartUpload. Any failure, KeyboardInterrupt or generator close aborts the upload.
+CreateMultipartUpload. Any failure, KeyboardInterrupt or generator close aborts the upload, unless
+the caller's `abort_on_error` says the upload now belongs to someone else (a worker fenced out by
+a new lease holder must leave the upload that holder is resuming).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class S3MultipartSink:
         summary: SummaryFn | None = None,
         sidecar: bool = True,
         on_upload_started: Callable[[str], None] | None = None,
+        abort_on_error: Callable[[BaseException], bool] | None = None,
     ) -> None:
         if not min_part_size <= part_size <= MAX_PART_SIZE_BYTES:
             raise PermanentError(
@@ -78,6 +81,7 @@ class S3MultipartSink:
         self._summary = summary
         self._sidecar = sidecar
         self._on_upload_started = on_upload_started
+        self._abort_on_error = abort_on_error
 
     @property
     def location(self) -> str:
@@ -102,6 +106,7 @@ class S3MultipartSink:
             try:
                 self._on_upload_started(upload_id)
             except BaseException:
+                # The id was never recorded, so nobody else can own this upload: always abort.
                 self._abort(upload_id)
                 raise
         stored = yield from self._upload_rest(upload_id, chain([first, second], stream), [])
@@ -124,8 +129,8 @@ class S3MultipartSink:
                     )
         except RetryableError:
             raise  # the upload may still be resumable on the next attempt
-        except BaseException:
-            self._abort(upload_id)
+        except BaseException as error:
+            self._abort_unless_handed_over(upload_id, error)
             raise
         stored = yield from self._upload_rest(upload_id, iter(parts), kept)
         # A resumed run saw only the tail: digest the finished object by reading it back.
@@ -169,8 +174,9 @@ class S3MultipartSink:
                     MultipartUpload={"Parts": listing},  # type: ignore[typeddict-item]
                 ),
             )
-        except BaseException:
-            self._abort(upload_id)
+        except BaseException as error:
+            # GeneratorExit too: a consumer that stops early closes this generator.
+            self._abort_unless_handed_over(upload_id, error)
             raise
         sha256 = digest.hexdigest() if digest is not None else None
         return StoredObject(
@@ -277,6 +283,18 @@ class S3MultipartSink:
             UploadId=upload_id,
             MaxParts=LIST_PARTS_PAGE,
             PartNumberMarker=marker,
+        )
+
+    def _abort_unless_handed_over(self, upload_id: str, error: BaseException) -> None:
+        """Abort after `error` unless `abort_on_error` says another owner continues the upload."""
+        if self._abort_on_error is None or self._abort_on_error(error):
+            self._abort(upload_id)
+            return
+        logger.info(
+            "left multipart upload %s of %s open for its new owner (%s)",
+            upload_id,
+            self.location,
+            type(error).__name__,
         )
 
     def _abort(self, upload_id: str) -> None:

@@ -1,0 +1,317 @@
+"""Maintenance sweeps on a real database and S3 server: expiry, orphan uploads, stuck jobs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+
+from exportctl.seeding import seed_database
+from pipelines.database import connect
+from pipelines.jobs import NewExport, create_export, export_logs
+from pipelines.options import parse_options
+from pipelines.settings import Settings
+from pipelines.storage.client import s3_client_from_settings
+from workers.attempt import Outcome
+from workers.config import WorkerSettings
+from workers.maintenance import abort_abandoned_uploads, cleanup_exports, fail_stuck_exports
+from workers.runtime import Runtime
+from workers.state import claim
+from workers.user_export import run_user_export
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+PART = 5 * 1024 * 1024
+
+
+@dataclass
+class RecordingQueue:
+    """Collect the messages jobs send to other workers."""
+
+    shards: list[tuple[str, str]] = field(default_factory=list)
+    verifications: list[str] = field(default_factory=list)
+
+    def enqueue_shard(self, export_id: str, shard_id: str) -> None:
+        self.shards.append((export_id, shard_id))
+
+    def enqueue_verification(self, export_id: str) -> None:
+        self.verifications.append(export_id)
+
+
+def _url(conninfo: str) -> str:
+    if "://" in conninfo:
+        return conninfo
+    info = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user = info.get("user", "postgres")
+    return f"postgresql://{user}@{info['host']}:{info['port']}/{info['dbname']}"
+
+
+@pytest.fixture
+def runtime(settings_env: dict[str, str], s3_bucket: str) -> Runtime:
+    env = {
+        **settings_env,
+        "S3_BUCKET": s3_bucket,
+        "DATABASE_URL": _url(settings_env["DATABASE_URL"]),
+    }
+    env["EXPORT_RETENTION_DAYS"] = "7"
+    settings = Settings.from_env(env)
+    worker = WorkerSettings(lease_seconds=10, target_shard_rows=400)
+    runtime = Runtime(settings, worker, s3_client_from_settings(settings), RecordingQueue())
+    with connect(settings.database_url) as conn:
+        seed_database(conn, users=4, max_files=20, files=40, seed=3)
+        conn.commit()
+    return runtime
+
+
+def _create(runtime: Runtime, *, template_id: str | None = None) -> str:
+    with connect(runtime.settings.database_url) as conn:
+        user = conn.execute("SELECT id::text FROM users ORDER BY id LIMIT 1").fetchone()
+        assert user is not None
+        options = parse_options("json", {"compression": "none"}, default_compression="zstd")
+        new = NewExport(user[0], "user", options, template_id=template_id)
+        created = create_export(conn, new)
+        conn.commit()
+    return str(created.row["id"])
+
+
+def _completed(runtime: Runtime, **kwargs: Any) -> str:
+    export_id = _create(runtime, **kwargs)
+    assert run_user_export(runtime, export_id) is Outcome.COMPLETED
+    return export_id
+
+
+def _keys(s3: S3Client, bucket: str, prefix: str) -> list[str]:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"].rsplit("/", 1)[-1] for item in listed.get("Contents", []))
+
+
+def _row(runtime: Runtime, export_id: str) -> dict[str, Any]:
+    with (
+        connect(runtime.settings.database_url) as conn,
+        conn.cursor(row_factory=psycopg.rows.dict_row) as cursor,
+    ):
+        cursor.execute("SELECT * FROM data_exports WHERE id = %s", (export_id,))
+        row = cursor.fetchone()
+    assert row is not None
+    return row
+
+
+def _sql(runtime: Runtime, statement: str, *params: Any) -> None:
+    with connect(runtime.settings.database_url, autocommit=True) as conn:
+        conn.execute(statement, params)
+
+
+def _events(runtime: Runtime, export_id: str) -> list[str]:
+    with connect(runtime.settings.database_url) as conn:
+        return [entry["event"] for entry in export_logs(conn, export_id)]
+
+
+def _template(runtime: Runtime, days: int) -> str:
+    with connect(runtime.settings.database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO export_templates (name, format, retention_days)"
+            " VALUES ('short', 'json', %s) RETURNING id::text",
+            (days,),
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _start_upload(runtime: Runtime, key: str) -> str:
+    s3 = runtime.s3
+    bucket = runtime.settings.s3_bucket
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * PART)
+    return upload
+
+
+def _open_uploads(runtime: Runtime) -> set[str]:
+    listed = runtime.s3.list_multipart_uploads(Bucket=runtime.settings.s3_bucket)
+    return {upload["UploadId"] for upload in listed.get("Uploads", [])}
+
+
+def _running(runtime: Runtime, export_id: str, *, upload_id: str | None = None) -> None:
+    with connect(runtime.settings.database_url, autocommit=True) as conn:
+        claimed = claim(conn, "export", export_id, owner="w1", lease_seconds=60, max_attempts=3)
+        assert claimed.lease is not None
+        if upload_id is not None:
+            conn.execute(
+                "UPDATE data_exports SET multipart_upload_id = %s WHERE id = %s",
+                (upload_id, export_id),
+            )
+
+
+def test_expired_export_loses_every_object_and_is_marked_expired(runtime: Runtime) -> None:
+    old = _completed(runtime)
+    kept = _completed(runtime)
+    bucket = runtime.settings.s3_bucket
+    before = _keys(runtime.s3, bucket, runtime.prefix(old))
+    assert {"manifest.json", "SHA256SUMS", "export.json", "export.json.sha256"} <= set(before)
+    kept_before = _keys(runtime.s3, bucket, runtime.prefix(kept))
+    _sql(
+        runtime,
+        "UPDATE data_exports SET expires_at = now() - interval '1 minute' WHERE id = %s",
+        old,
+    )
+
+    assert cleanup_exports(runtime) == 1
+
+    assert _keys(runtime.s3, bucket, runtime.prefix(old)) == []
+    assert _keys(runtime.s3, bucket, runtime.prefix(kept)) == kept_before
+    row = _row(runtime, old)
+    assert row["status"] == "expired"
+    assert row["purged_at"] is not None
+    assert _row(runtime, kept)["status"] == "completed"
+    assert "export.expired" in _events(runtime, old)
+    assert cleanup_exports(runtime) == 0  # a second sweep finds nothing more
+
+
+def test_retention_comes_from_the_template_or_else_the_settings(runtime: Runtime) -> None:
+    templated = _completed(runtime, template_id=_template(runtime, 2))
+    plain = _completed(runtime)
+    now = datetime.now(UTC)
+    for export_id, days in ((templated, 2), (plain, 7)):
+        expires = _row(runtime, export_id)["expires_at"]
+        assert abs(expires - (now + timedelta(days=days))) < timedelta(minutes=1)
+    # Finished three days ago with no recorded expiry: past the template's 2 days, within the
+    # settings' 7.
+    _sql(
+        runtime,
+        "UPDATE data_exports SET expires_at = NULL, finished_at = now() - interval '3 days'",
+    )
+
+    assert cleanup_exports(runtime) == 1
+
+    assert _row(runtime, templated)["status"] == "expired"
+    assert _row(runtime, plain)["status"] == "completed"
+    assert _keys(runtime.s3, runtime.settings.s3_bucket, runtime.prefix(plain)) != []
+
+
+def test_failed_export_leftovers_are_purged_and_it_stays_failed(runtime: Runtime) -> None:
+    export_id = _create(runtime)
+    bucket = runtime.settings.s3_bucket
+    runtime.s3.put_object(
+        Bucket=bucket, Key=runtime.prefix(export_id) + "shard-00001.csv", Body=b"a"
+    )
+    _sql(
+        runtime,
+        "UPDATE data_exports SET status = 'failed', error_message = 'boom',"
+        " finished_at = now() - interval '8 days' WHERE id = %s",
+        export_id,
+    )
+
+    assert cleanup_exports(runtime) == 1
+
+    row = _row(runtime, export_id)
+    assert (row["status"], row["purged_at"] is not None) == ("failed", True)
+    assert _keys(runtime.s3, bucket, runtime.prefix(export_id)) == []
+    assert "export.purged" in _events(runtime, export_id)
+
+
+def test_only_old_uploads_that_no_live_job_owns_are_aborted(runtime: Runtime) -> None:
+    owned_export = _create(runtime)
+    failed_export = _create(runtime)
+    prefix = runtime.settings.s3_export_prefix
+    _start_upload(runtime, f"{prefix}gone/export.json")  # nobody's, old: aborted
+    owned = _start_upload(runtime, runtime.prefix(owned_export) + "export.json")
+    of_failed = _start_upload(runtime, runtime.prefix(failed_export) + "export.json")
+    _running(runtime, owned_export, upload_id=owned)
+    _sql(
+        runtime,
+        "UPDATE data_exports SET status = 'failed', error_code = 'permanent', error_message = 'x',"
+        " finished_at = now(), multipart_upload_id = %s WHERE id = %s",
+        of_failed,
+        failed_export,
+    )
+    outside = _start_upload(runtime, "elsewhere/object.bin")
+    time.sleep(2.5)  # S3 records Initiated to the second
+    recent = _start_upload(runtime, f"{prefix}new/export.json")
+
+    assert abort_abandoned_uploads(runtime, older_than_seconds=1) == 2
+
+    assert _open_uploads(runtime) == {owned, outside, recent}
+    assert _row(runtime, failed_export)["multipart_upload_id"] is None
+    assert _row(runtime, owned_export)["multipart_upload_id"] == owned
+
+
+def test_stuck_export_is_failed_with_an_actionable_reason_and_its_upload_aborted(
+    runtime: Runtime,
+) -> None:
+    stuck = _create(runtime)
+    alive = _create(runtime)
+    never_picked = _create(runtime)
+    upload = _start_upload(runtime, runtime.prefix(stuck) + "export.json")
+    _running(runtime, stuck, upload_id=upload)
+    _running(runtime, alive)
+    _sql(
+        runtime,
+        "UPDATE data_exports SET lease_expires_at = now() - interval '20 minutes' WHERE id = %s",
+        stuck,
+    )
+    _sql(
+        runtime,
+        "UPDATE data_exports SET created_at = now() - interval '2 days' WHERE id = %s",
+        never_picked,
+    )
+
+    assert fail_stuck_exports(runtime) == 2
+
+    row = _row(runtime, stuck)
+    assert (row["status"], row["error_code"], row["lease_owner"]) == ("failed", "stuck", None)
+    assert "the worker w1 stopped renewing its lease" in row["error_message"]
+    assert "start the export again" in row["error_message"]
+    assert upload not in _open_uploads(runtime)
+    assert row["multipart_upload_id"] is None
+    assert _row(runtime, alive)["status"] == "running"
+    queued = _row(runtime, never_picked)
+    assert queued["status"] == "failed"
+    assert "no worker picked it up" in queued["error_message"]
+    assert "export.stuck" in _events(runtime, stuck)
+
+
+def test_lease_expired_within_the_grace_is_left_for_its_redelivery(runtime: Runtime) -> None:
+    export_id = _create(runtime)
+    _running(runtime, export_id)
+    _sql(
+        runtime,
+        "UPDATE data_exports SET lease_expires_at = now() - interval '1 minute' WHERE id = %s",
+        export_id,
+    )
+    assert fail_stuck_exports(runtime) == 0
+    assert fail_stuck_exports(runtime, grace_seconds=0) == 1
+    assert _row(runtime, export_id)["status"] == "failed"
+
+
+def test_stuck_shard_fails_its_bulk_export_naming_the_shard(runtime: Runtime) -> None:
+    export_id = _create(runtime)
+    with connect(runtime.settings.database_url, autocommit=True) as conn:
+        _sql(runtime, "UPDATE data_exports SET export_type = 'bulk' WHERE id = %s", export_id)
+        _running(runtime, export_id)
+        conn.execute(
+            "UPDATE data_exports SET shard_count = 1, snapshot_at = now() WHERE id = %s",
+            (export_id,),
+        )
+        shard = conn.execute(
+            "INSERT INTO export_shards (export_id, shard_index, part_size_bytes)"
+            " VALUES (%s, 1, %s) RETURNING id::text",
+            (export_id, PART),
+        ).fetchone()
+        assert shard is not None
+        claimed = claim(conn, "shard", shard[0], owner="w2", lease_seconds=60, max_attempts=3)
+        assert claimed.lease is not None
+        conn.execute(
+            "UPDATE export_shards SET lease_expires_at = now() - interval '20 minutes'"
+            " WHERE id = %s",
+            (shard[0],),
+        )
+
+    assert fail_stuck_exports(runtime) == 1
+
+    row = _row(runtime, export_id)
+    assert (row["status"], row["error_code"]) == ("failed", "shard_failed")
+    assert "shard 1 (the worker w2 stopped renewing its lease" in row["error_message"]
