@@ -32,6 +32,9 @@ ESCAPED_KINDS: Final = frozenset({"text", "jsonb"})
 _NULL: Final = "\x00N"
 _CELL: Final = "\x00C"
 _LINE: Final = "\x00L"
+_CELL_BYTES: Final = _CELL.encode()
+_LINE_BYTES: Final = _LINE.encode()
+_NULL_CELL_BYTES: Final = b'"' + _NULL.encode() + b'"'
 
 
 def _neutralise(text: str) -> str:
@@ -46,10 +49,15 @@ _CONVERTERS: Final[dict[str, Callable[[str], str]]] = {
 }
 
 
-def _quote_lines(lines: list[str]) -> str:
-    """Return marker-joined lines as CSV: values quoted, quotes doubled, NULL markers emptied."""
-    text = _LINE.join(lines).replace('"', '""').replace(_CELL, '","').replace(_LINE, '"\r\n"')
-    return ('"' + text + '"\r\n').replace('"' + _NULL + '"', "")
+def _quote_lines(lines: list[str]) -> bytes:
+    """Return marker-joined lines as CSV: values quoted, quotes doubled, NULL markers emptied.
+
+    The passes run on the UTF-8 bytes: one byte per ASCII character, where a batch holding a
+    single character outside the BMP would make the text four bytes per character.
+    """
+    data = _LINE.join(lines).encode()
+    data = data.replace(b'"', b'""').replace(_CELL_BYTES, b'","').replace(_LINE_BYTES, b'"\r\n"')
+    return (b'"' + data + b'"\r\n').replace(_NULL_CELL_BYTES, b"")
 
 
 def _row_lines(table: Table, header: Sequence[str]) -> Callable[[Sequence[Row]], list[str]]:
@@ -100,21 +108,21 @@ def encode_csv(
         data_columns = columns
     encoders = {table.name: _row_lines(table, data_columns) for table in sections.tables}
     if resume is None:
-        data = ",".join(columns_out) + "\r\n"
+        data = (",".join(columns_out) + "\r\n").encode()
         if include_metadata:
             data += _info_line("header", header_fields(header), len(columns))
-        yield Chunk(data.encode(), None, 0)
+        yield Chunk(data, None, 0)
     for batch in batches:
         for _step in sections.enter(batch):
             pass  # CSV has no sections; entering only validates the order
-        data = _quote_lines(encoders[batch.table.name](batch.rows)) if batch.rows else ""
+        data = _quote_lines(encoders[batch.table.name](batch.rows)) if batch.rows else b""
         point = sections.add(batch.table, len(batch.rows))
-        yield Chunk(data.encode(), batch.cursor, len(batch.rows), point)
+        yield Chunk(data, batch.cursor, len(batch.rows), point)
     if include_metadata:
         fields = trailer_fields(sections.trailer())
-        yield Chunk(_info_line("metadata", fields, len(columns)).encode(), None, 0)
+        yield Chunk(_info_line("metadata", fields, len(columns)), None, 0)
 
 
-def _info_line(kind: str, fields: dict[str, object], empty: int) -> str:
+def _info_line(kind: str, fields: dict[str, object], empty: int) -> bytes:
     info = orjson.dumps(fields).decode()
     return _quote_lines([_CELL.join([kind, *([_NULL] * empty), info])])
