@@ -2,11 +2,11 @@
 
 `write_object` pulls batches through the chosen serializer, hashes content and stored bytes as they
 pass, cuts exact-size parts (frames ending at part boundaries when compressed) and hands them to a
-sink. The sink pulls; memory is one part plus one batch. `write_user_export` adds the manifest and
-`SHA256SUMS` beside the object. Reading and serializing run on a second thread, handing chunks
-over a short queue, so they overlap with compression, hashing and upload (which release the GIL);
-the stages and their order are unchanged, so the bytes are too. The caller owns the database
-transaction and the sink's storage.
+sink. Reading, serializing and compressing run on three threads joined by short queues, so the
+database, the serializer and compression, hashing and upload (which release the GIL) overlap; the
+stages and their order are unchanged, so the bytes are too. Memory is one part plus a few batches.
+`write_user_export` adds the manifest and `SHA256SUMS` beside the object. The caller owns the
+database transaction and the sink's storage.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ GENERATOR_VERSION = "0.1.0"
 # Chunks (about one batch each, ~1 MB) queued between the serializing and the compressing thread:
 # enough to ride out jitter on either side, few enough that memory stays a few batches.
 HANDOFF_CHUNKS: Final = 4
+# Row batches fetched ahead of the serializer: the database produces the next while this one is
+# serialized (a server-side cursor sends nothing until asked). Two keep it busy.
+PREFETCH_BATCHES: Final = 2
 # How often a producer blocked on a full queue checks whether the consumer has gone away.
 HANDOFF_POLL_SECONDS: Final = 0.1
 
@@ -130,8 +133,9 @@ def write_object(
             else:
                 yield replace(chunk, cursor=ExportCursor(chunk.cursor, chunk.resume))
 
+    prefetched = handed_off(batches, depth=PREFETCH_BATCHES)
     chunks = encoder(
-        batches, tables=tables, header=header, include_metadata=options.include_metadata
+        prefetched, tables=tables, header=header, include_metadata=options.include_metadata
     )
     handoff = handed_off(counted(chunks))
     parts = iter_parts(
@@ -151,8 +155,10 @@ def write_object(
             if on_part is not None:
                 on_part(uploaded)
     finally:
-        # Stop and join the reading thread before the caller touches the connection again.
+        # Stop and join both threads, serializer first, before the caller touches the
+        # connection again.
         handoff.close()
+        prefetched.close()
     digests = tracker.summary()
     seconds = time.monotonic() - started
     logger.info(
@@ -206,7 +212,7 @@ def handed_off(items: Iterable[T], *, depth: int = HANDOFF_CHUNKS) -> Generator[
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=produce, name="export-reader", daemon=True)
+    thread = threading.Thread(target=produce, name="export-stage", daemon=True)
     thread.start()
     try:
         while True:
