@@ -25,7 +25,13 @@ from workers.attempt import Outcome
 from workers.broker import create_broker
 from workers.bulk import run_plan, run_shard
 from workers.config import WorkerSettings
-from workers.maintenance import abort_abandoned_uploads, cleanup_exports, fail_stuck_exports
+from workers.maintenance import (
+    abort_abandoned_uploads,
+    cleanup_exports,
+    fail_stuck_exports,
+    requeue_verifications,
+)
+from workers.metrics import use_multiprocess_dir
 from workers.runtime import Runtime
 from workers.state import LeaseLostError
 from workers.user_export import run_user_export
@@ -54,7 +60,9 @@ def _runtime_from_env() -> Runtime:
     environ = os.environ  # noqa: TID251 - the worker process's entry point
     settings = Settings.from_env(environ)
     configure_logging(level=settings.log_level, log_format=settings.log_format)
-    broker = create_broker(settings.effective_broker_url)
+    # Before anything imports prometheus-client, which picks its value store on import.
+    use_multiprocess_dir(environ, environ)
+    broker = create_broker(settings.effective_broker_url, metrics=True)
     dramatiq.set_broker(broker)
     return Runtime(
         settings=settings,
@@ -146,3 +154,12 @@ def abort_abandoned_uploads_actor() -> None:
 def fail_stuck_exports_actor() -> None:
     """Fail jobs whose worker died and that nobody resumed."""
     logger.info("cleanup: %d stuck job(s) failed", fail_stuck_exports(RUNTIME))
+
+
+@dramatiq.actor(
+    actor_name=dispatch.REQUEUE_VERIFICATIONS,
+    **_options(dispatch.MAINTENANCE_QUEUE, MAINTENANCE_TIME_LIMIT_MS, max_retries=2),
+)
+def requeue_verifications_actor() -> None:
+    """Queue verification again where the verifier's message was lost."""
+    logger.info("cleanup: %d verification(s) queued again", requeue_verifications(RUNTIME))

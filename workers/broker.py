@@ -4,11 +4,14 @@ The middleware is explicit: retries with backoff and jitter (permanent errors ar
 see each actor's `throws`), time and age limits, shutdown notices, callbacks and the current
 message. Prefetch is Dramatiq's `dramatiq_queue_prefetch` environment variable, which Dramatiq
 reads when it is imported: run workers with it equal to `--threads` (long jobs must not wait
-behind a prefetched message). Prometheus metrics are off until `prometheus-client` is installed.
+behind a prefetched message). Worker processes add Dramatiq's Prometheus middleware, exposed by
+the project's own server on 127.0.0.1 (`workers.metrics_server`); producers (the API, the
+scheduler) do not.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from dramatiq import Broker
@@ -49,9 +52,28 @@ def build_middleware() -> list[Middleware]:
     ]
 
 
-def create_broker(url: str) -> Broker:
+def worker_metrics() -> Middleware:
+    """Return Dramatiq's Prometheus middleware, served by the project's loopback server."""
+    # Imported here: the module creates its metrics folder on import, which producers skip.
+    from dramatiq.middleware.prometheus import Prometheus
+
+    from workers.metrics_server import serve
+
+    class WorkerMetrics(Prometheus):
+        """Dramatiq's message metrics, exposed with the project's own by `serve`."""
+
+        @property
+        def forks(self) -> list[Callable[[], int]]:
+            return [serve]
+
+    return WorkerMetrics()
+
+
+def create_broker(url: str, *, metrics: bool = False) -> Broker:
     """Return a Redis or RabbitMQ broker for `url` with the project's middleware."""
     middleware = build_middleware()
+    if metrics:
+        middleware.append(worker_metrics())
     if url.startswith(("amqp://", "amqps://")):
         # Publisher confirms: an enqueue returns only once RabbitMQ has taken the message.
         return RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)

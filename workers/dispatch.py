@@ -31,6 +31,7 @@ VERIFY_EXPORT: Final = "verify_export"
 CLEANUP_EXPORTS: Final = "cleanup_exports"
 ABORT_ABANDONED_UPLOADS: Final = "abort_abandoned_uploads"
 FAIL_STUCK_EXPORTS: Final = "fail_stuck_exports"
+REQUEUE_VERIFICATIONS: Final = "requeue_verifications"
 
 
 class Dispatcher:
@@ -56,8 +57,9 @@ class Dispatcher:
         self._send(VERIFY_QUEUE, VERIFY_EXPORT, export_id)
 
     def enqueue_cleanup(self) -> None:
-        """Queue a cleanup run: expired exports, abandoned uploads, stuck jobs."""
+        """Queue a cleanup run: stuck jobs, lost verifications, abandoned uploads, expiry."""
         self._send(MAINTENANCE_QUEUE, FAIL_STUCK_EXPORTS)
+        self._send(MAINTENANCE_QUEUE, REQUEUE_VERIFICATIONS)
         self._send(MAINTENANCE_QUEUE, ABORT_ABANDONED_UPLOADS)
         self._send(MAINTENANCE_QUEUE, CLEANUP_EXPORTS)
 

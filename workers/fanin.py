@@ -16,8 +16,10 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
+from pipelines.jobs import get_export
 from pipelines.manifest import MANIFEST_NAME, ManifestObject, render_manifest
 from pipelines.runner import publish_manifest, shard_name
+from workers import metrics
 from workers.rows import audit, expiry, header_from_row, options_from_row
 from workers.runtime import Runtime
 
@@ -53,46 +55,58 @@ def finalize_if_done(runtime: Runtime, conn: Any, export_id: str) -> bool:
                 (message, export_id),
             )
             audit(conn, export_id, "export.failed", message, level="error")
-            return True
-        options = options_from_row(export)
-        header = header_from_row(export, options)
-        store = runtime.store(export_id)
-        entries = [_entry(shard, options) for shard in shards]
-        manifest = publish_manifest(header, options, store, entries)
-        # The manifest lists every object's digests, so its own SHA-256 stands for the export.
-        digest = hashlib.sha256(render_manifest(manifest)).hexdigest()
-        stored = sum(s["size_bytes"] for s in shards)
-        content = sum(s["content_size_bytes"] for s in shards)
-        cursor.execute(
-            "UPDATE data_exports SET status = 'completed', progress = 100, object_key = %s,"
-            " size_bytes = %s, content_size_bytes = %s, record_count = %s, user_count = %s,"
-            " file_count = %s, sha256 = %s, content_sha256 = %s, compression_ratio = %s,"
-            " multipart_upload_id = NULL, lease_owner = NULL, lease_expires_at = NULL,"
-            " finished_at = now(), expires_at = %s, updated_at = now() WHERE id = %s",
-            (
-                store.key(MANIFEST_NAME),
-                stored,
-                content,
-                sum(s["record_count"] for s in shards),
-                sum(s["user_count"] for s in shards),
-                sum(s["file_count"] for s in shards),
-                digest,
-                digest,
-                content / stored if stored and content else None,
-                expiry(conn, export, runtime.settings),
-                export_id,
-            ),
-        )
-        audit(
-            conn,
-            export_id,
-            "export.completed",
-            f"all {len(shards)} shards completed; manifest written",
-            details={"shards": len(shards), "size_bytes": stored},
-        )
-    logger.info("bulk export %s: completed with %d shards", export_id, len(shards))
-    runtime.queue.enqueue_verification(export_id)
+        else:
+            _complete(runtime, conn, cursor, export, shards)
+    if not failed:
+        logger.info("bulk export %s: completed with %d shards", export_id, len(shards))
+        runtime.queue.enqueue_verification(export_id)
+    row = get_export(conn, export_id)
+    if row is not None:
+        metrics.export_row_ended(row)
     return True
+
+
+def _complete(
+    runtime: Runtime, conn: Any, cursor: Any, export: dict[str, Any], shards: list[dict[str, Any]]
+) -> None:
+    """Publish SHA256SUMS and the manifest, then complete the export with its totals."""
+    export_id = str(export["id"])
+    options = options_from_row(export)
+    header = header_from_row(export, options)
+    store = runtime.store(export_id)
+    entries = [_entry(shard, options) for shard in shards]
+    manifest = publish_manifest(header, options, store, entries)
+    # The manifest lists every object's digests, so its own SHA-256 stands for the export.
+    digest = hashlib.sha256(render_manifest(manifest)).hexdigest()
+    stored = sum(s["size_bytes"] for s in shards)
+    content = sum(s["content_size_bytes"] for s in shards)
+    cursor.execute(
+        "UPDATE data_exports SET status = 'completed', progress = 100, object_key = %s,"
+        " size_bytes = %s, content_size_bytes = %s, record_count = %s, user_count = %s,"
+        " file_count = %s, sha256 = %s, content_sha256 = %s, compression_ratio = %s,"
+        " multipart_upload_id = NULL, lease_owner = NULL, lease_expires_at = NULL,"
+        " finished_at = now(), expires_at = %s, updated_at = now() WHERE id = %s",
+        (
+            store.key(MANIFEST_NAME),
+            stored,
+            content,
+            sum(s["record_count"] for s in shards),
+            sum(s["user_count"] for s in shards),
+            sum(s["file_count"] for s in shards),
+            digest,
+            digest,
+            content / stored if stored and content else None,
+            expiry(conn, export, runtime.settings),
+            export_id,
+        ),
+    )
+    audit(
+        conn,
+        export_id,
+        "export.completed",
+        f"all {len(shards)} shards completed; manifest written",
+        details={"shards": len(shards), "size_bytes": stored},
+    )
 
 
 def _entry(shard: dict[str, Any], options: Any) -> ManifestObject:

@@ -1,4 +1,4 @@
-"""Maintenance: fail stuck jobs, abort abandoned multipart uploads, delete expired exports.
+"""Maintenance: fail stuck jobs, abort abandoned uploads, delete expired exports, re-verify.
 
 Each function is one idempotent sweep that any number of maintenance workers may run at once.
 A job is stuck when its lease expired longer ago than a redelivered message needs to resume it;
@@ -30,6 +30,9 @@ STUCK_GRACE_SECONDS: Final = 15 * 60
 QUEUED_MAX_SECONDS: Final = 24 * 3600
 # An upload nobody references is aborted after a day; one a running job may resume is kept.
 ABANDONED_UPLOAD_SECONDS: Final = 24 * 3600
+# A completed export still unverified this long after finishing lost its verifier message (the
+# broker was down when it was sent): a verification takes minutes at most, so 10 is generous.
+VERIFY_GRACE_SECONDS: Final = 10 * 60
 # Rows handled per sweep, so one run stays short; the next run takes the rest.
 SWEEP_ROWS: Final = 500
 
@@ -154,6 +157,28 @@ def cleanup_exports(runtime: Runtime) -> int:
                     details={"objects_deleted": deleted},
                 )
     return expired
+
+
+def requeue_verifications(
+    runtime: Runtime, *, older_than_seconds: int = VERIFY_GRACE_SECONDS
+) -> int:
+    """Queue verification again for completed exports left unverified long after finishing."""
+    with runtime.connect() as conn:
+        rows = conn.execute(
+            "SELECT id::text FROM data_exports WHERE status = 'completed'"
+            " AND verification_status = 'pending'"
+            " AND finished_at < now() - make_interval(secs => %s) ORDER BY finished_at LIMIT %s",
+            (older_than_seconds, SWEEP_ROWS),
+        ).fetchall()
+        for (export_id,) in rows:
+            runtime.queue.enqueue_verification(export_id)
+            audit(
+                conn,
+                export_id,
+                "verification.requeued",
+                f"still unverified {older_than_seconds} s after completing; verification queued",
+            )
+    return len(rows)
 
 
 def _export_of(conn: psycopg.Connection[Any], shard_id: str) -> str:

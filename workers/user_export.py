@@ -13,11 +13,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
+
+import psycopg
 
 from pipelines.export import user_object_name
+from pipelines.jobs import get_export
 from pipelines.records import RowBatch
 from pipelines.runner import publish_manifest, snapshot_time
 from pipelines.sources import SourcePosition, begin_snapshot, iter_user_batches
+from workers import metrics
 from workers.attempt import Attempt, Outcome, abort_quietly, settle_failure, write_with_resume
 from workers.heartbeat import LeaseKeeper
 from workers.resume import ObjectJob
@@ -54,6 +59,7 @@ def run_user_export(runtime: Runtime, export_id: str, *, request_id: str | None 
             return Outcome.SKIPPED
         if claimed.outcome is ClaimOutcome.EXHAUSTED or claimed.lease is None:
             audit(conn, export_id, "export.failed", claimed.reason, level="error")
+            metrics.export_row_ended(claimed.row)
             return Outcome.FAILED
         attempt = Attempt(runtime, conn, claimed.lease, claimed.row, export_id, None, request_id)
         attempt.audit(
@@ -66,9 +72,18 @@ def run_user_export(runtime: Runtime, export_id: str, *, request_id: str | None 
         except Exception as error:
             if settle_failure(attempt, error):
                 raise
+            _count_ended(conn, export_id)
             return Outcome.FAILED
+        _count_ended(conn, export_id)
     runtime.queue.enqueue_verification(export_id)
     return Outcome.COMPLETED
+
+
+def _count_ended(conn: psycopg.Connection[Any], export_id: str) -> None:
+    """Count the export in the metrics as its row now stands (failed, or completed)."""
+    row = get_export(conn, export_id)
+    if row is not None and row["status"] in ("completed", "failed"):
+        metrics.export_row_ended(row)
 
 
 def _export(attempt: Attempt) -> None:

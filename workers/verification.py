@@ -17,6 +17,7 @@ from pipelines.file_objects import FileObjectChecker, S3ObjectInspector
 from pipelines.jobs import get_export
 from pipelines.locations import open_location
 from pipelines.verifier import VerificationReport, verify_export
+from workers import metrics
 from workers.rows import audit
 from workers.runtime import Runtime
 
@@ -68,6 +69,9 @@ def run_verification(runtime: Runtime, export_id: str) -> VerificationReport | N
                 level="info" if report.passed else "error",
                 details={"problem_counts": report.problem_counts()},
             )
+    metrics.verification_ended(
+        outcome=status, export_type=str(row["export_type"]), seconds=report.duration_seconds
+    )
     return report
 
 

@@ -18,10 +18,16 @@ from pipelines.settings import Settings
 from pipelines.storage.client import s3_client_from_settings
 from workers.attempt import Outcome
 from workers.config import WorkerSettings
-from workers.maintenance import abort_abandoned_uploads, cleanup_exports, fail_stuck_exports
+from workers.maintenance import (
+    abort_abandoned_uploads,
+    cleanup_exports,
+    fail_stuck_exports,
+    requeue_verifications,
+)
 from workers.runtime import Runtime
 from workers.state import claim
 from workers.user_export import run_user_export
+from workers.verification import run_verification
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -315,3 +321,26 @@ def test_stuck_shard_fails_its_bulk_export_naming_the_shard(runtime: Runtime) ->
     row = _row(runtime, export_id)
     assert (row["status"], row["error_code"]) == ("failed", "shard_failed")
     assert "shard 1 (the worker w2 stopped renewing its lease" in row["error_message"]
+
+
+def test_completed_export_whose_verifier_message_was_lost_is_queued_again(
+    runtime: Runtime,
+) -> None:
+    export_id = _completed(runtime)
+    queue = runtime.queue
+    assert isinstance(queue, RecordingQueue)
+    queue.verifications.clear()  # the message the broker lost
+    assert requeue_verifications(runtime) == 0  # within the grace: the message may be on its way
+    _sql(
+        runtime,
+        "UPDATE data_exports SET finished_at = now() - interval '20 minutes' WHERE id = %s",
+        export_id,
+    )
+
+    assert requeue_verifications(runtime) == 1
+
+    assert queue.verifications == [export_id]
+    report = run_verification(runtime, export_id)
+    assert report is not None
+    assert report.passed
+    assert requeue_verifications(runtime) == 0
