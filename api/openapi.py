@@ -63,8 +63,14 @@ WWW_AUTHENTICATE: Schema = {
     "WWW-Authenticate": {"schema": {"type": "string"}, "description": "A Bearer challenge."}
 }
 
+# gunicorn answers this itself, as HTML, before the app sees the request.
+URI_TOO_LONG: Schema = {
+    "description": "The request line is longer than the server accepts (answered by gunicorn).",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
 # Errors any authenticated operation can answer.
 COMMON_ERRORS: Schema = {
+    "414": URI_TOO_LONG,
     "401": _problem("Missing or invalid bearer token.", headers=WWW_AUTHENTICATE),
     "405": _problem("The method is not allowed on this resource."),
     "500": _problem("Unexpected error; nothing internal is revealed."),
@@ -547,6 +553,7 @@ def _paths() -> Schema:
                 "responses": {
                     "200": _json("Alive.", _ref("Health")),
                     "405": COMMON_ERRORS["405"],
+                    "414": URI_TOO_LONG,
                     "500": COMMON_ERRORS["500"],
                 },
             }
@@ -558,6 +565,7 @@ def _paths() -> Schema:
                 "responses": {
                     "200": _json("Ready.", _ref("Ready")),
                     "405": COMMON_ERRORS["405"],
+                    "414": URI_TOO_LONG,
                     "500": COMMON_ERRORS["500"],
                     "503": _problem("Not ready; `checks` names each service.", headers=RETRY_AFTER),
                 },
@@ -573,6 +581,7 @@ def _paths() -> Schema:
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
                     "405": COMMON_ERRORS["405"],
+                    "414": URI_TOO_LONG,
                     "500": COMMON_ERRORS["500"],
                 },
             }
@@ -584,6 +593,7 @@ def _paths() -> Schema:
                 "responses": {
                     "200": _json("The OpenAPI document.", {"type": "object"}),
                     "405": COMMON_ERRORS["405"],
+                    "414": URI_TOO_LONG,
                     "500": COMMON_ERRORS["500"],
                 },
             }

@@ -26,5 +26,8 @@ keepalive = 5
 # duplicate it.
 accesslog = None
 errorlog = "-"
+# Bytes of the request line (gunicorn's default, stated): API URLs are under 200 bytes; longer
+# lines get gunicorn's own 414, documented in the OpenAPI document.
+limit_request_line = 4094
 # Only these headers from a proxy on loopback are trusted for the client address.
 forwarded_allow_ips = "127.0.0.1"

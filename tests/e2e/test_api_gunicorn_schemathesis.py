@@ -5,6 +5,8 @@ time) as an administrator whose user exists, so requests reach the business logi
 valid request can legitimately get from state the generator cannot see are listed for the
 positive-data check: 410 (expired export), 422 (an Idempotency-Key reused with another body) and
 400 for a date range whose end is before its start (JSON Schema cannot compare two fields).
+Invalid requests may also be refused with 411, 413 or 414 (the last one by gunicorn itself, for
+request lines over 4094 bytes); those count as rejections.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ SEED = 20261127
 CONFIG = """
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "410", "422", "429"]
+
+[checks.negative_data_rejection]
+expected-statuses = [
+  "400", "401", "403", "404", "405", "406", "409", "411", "413", "414", "415", "422", "428", "429"
+]
 """
 
 
