@@ -64,6 +64,8 @@ def _runtime_from_env() -> Runtime:
     use_multiprocess_dir(environ, environ)
     broker = create_broker(settings.effective_broker_url, metrics=True)
     dramatiq.set_broker(broker)
+    for queue in dispatch.PRIORITY_QUEUES:  # export_user also runs from these
+        broker.declare_queue(queue)
     return Runtime(
         settings=settings,
         worker=WorkerSettings.from_settings(settings, environ),

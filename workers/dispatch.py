@@ -23,6 +23,17 @@ EXPORTS_QUEUE: Final = "exports"
 BULK_QUEUE: Final = "bulk"
 VERIFY_QUEUE: Final = "verify"
 MAINTENANCE_QUEUE: Final = "maintenance"
+# User exports by priority, one queue each, so an urgent export never waits behind a backlog of
+# routine ones (Dramatiq's own priority only reorders messages a worker already prefetched).
+HIGH_EXPORTS_QUEUE: Final = "exports.high"
+LOW_EXPORTS_QUEUE: Final = "exports.low"
+USER_EXPORT_QUEUES: Final = {
+    "high": HIGH_EXPORTS_QUEUE,
+    "normal": EXPORTS_QUEUE,
+    "low": LOW_EXPORTS_QUEUE,
+}
+# Queues no actor names as its own: workers declare them so `--queues` can select them.
+PRIORITY_QUEUES: Final = (HIGH_EXPORTS_QUEUE, LOW_EXPORTS_QUEUE)
 
 EXPORT_USER: Final = "export_user"
 PLAN_BULK_EXPORT: Final = "plan_bulk_export"
@@ -40,9 +51,14 @@ class Dispatcher:
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
 
-    def enqueue_user_export(self, export_id: str, *, request_id: str | None = None) -> None:
-        """Queue the export of one user's data."""
-        self._send(EXPORTS_QUEUE, EXPORT_USER, export_id, request_id=request_id)
+    def enqueue_user_export(
+        self, export_id: str, *, request_id: str | None = None, priority: str = "normal"
+    ) -> None:
+        """Queue the export of one user's data on its priority's queue."""
+        queue = USER_EXPORT_QUEUES.get(priority)
+        if queue is None:
+            raise ValueError(f"unknown priority {priority!r}")
+        self._send(queue, EXPORT_USER, export_id, request_id=request_id)
 
     def enqueue_bulk_export(self, export_id: str, *, request_id: str | None = None) -> None:
         """Queue the planning of a bulk export."""
