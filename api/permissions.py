@@ -11,6 +11,7 @@ scopes narrow what one token may do.
    do everything). A row replaces the defaults: `can_export_own`, `can_export_bulk`,
    `can_include_system_fields` and `allowed_formats` can take rights away from anyone, but a row
    never lifts a user above the role: `can_export_bulk = true` on a user's row grants nothing.
+   `rate_limit_per_hour` is the user's own export rate limit (NULL: the role's default limit).
 3. Scopes: a token that carries any `exports:*` scope is limited to those scopes:
    `exports:read` (status, list, download, own statistics), `exports:write` (create, verify),
    `exports:admin` (bulk, cleanup, system statistics; the admin role is still required).
@@ -65,6 +66,8 @@ class Grant:
     can_export_bulk: bool = True
     can_include_system_fields: bool = True
     allowed_formats: frozenset[str] = frozenset(FORMATS)
+    # Accepted exports per hour for this user; None means the role's configured default.
+    rate_limit_per_hour: int | None = None
     explicit: bool = False
 
     @classmethod
@@ -75,6 +78,7 @@ class Grant:
             can_export_bulk=bool(row["can_export_bulk"]),
             can_include_system_fields=bool(row["can_include_system_fields"]),
             allowed_formats=frozenset(row["allowed_formats"]),
+            rate_limit_per_hour=row["rate_limit_per_hour"],
             explicit=True,
         )
 
@@ -86,8 +90,8 @@ def load_grant(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> Grant:
     """Return the user's grant from `export_permissions`, or the defaults (no row or expired)."""
     with conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute(
-            "SELECT can_export_own, can_export_bulk, can_include_system_fields, allowed_formats"
-            " FROM export_permissions WHERE user_id = %s"
+            "SELECT can_export_own, can_export_bulk, can_include_system_fields, allowed_formats,"
+            " rate_limit_per_hour FROM export_permissions WHERE user_id = %s"
             " AND (expires_at IS NULL OR expires_at > now())",
             (user_id,),
         )

@@ -3,7 +3,9 @@
 One Lua script drops expired entries, counts, and takes a slot if one is free, so concurrent
 requests on any number of gunicorn workers and hosts can never over-admit. Only accepted exports
 count: `reserve()` takes a slot and the caller `release()`s it if the export is then rejected or
-cannot be enqueued. Time comes from the Redis server, so hosts with skewed clocks agree.
+cannot be enqueued. The limit is passed on each call (a user's own `export_permissions` limit, or
+the role's default), so changing a user's limit takes effect on their next request. Time comes
+from the Redis server, so hosts with skewed clocks agree.
 
 Responses carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the
 oldest counted export leaves the window), the three-field form of the IETF RateLimit header draft
@@ -122,9 +124,14 @@ class RateLimiter:
         """Return the hourly limit for an administrator or an ordinary user."""
         return self._admin_limit if is_admin else self._limit
 
-    def reserve(self, user_id: uuid.UUID | str, *, is_admin: bool = False) -> RateLimitDecision:
-        """Take one export slot for the user if the window has one free, atomically."""
-        limit = self.limit_for(is_admin=is_admin)
+    def reserve(
+        self, user_id: uuid.UUID | str, *, is_admin: bool = False, limit: int | None = None
+    ) -> RateLimitDecision:
+        """Take one export slot if the window holds fewer than `limit` (None: the role default)."""
+        if limit is None:
+            limit = self.limit_for(is_admin=is_admin)
+        elif limit < 1:
+            raise ValueError(f"a rate limit must be at least 1 export per window, not {limit}")
         key = f"{self._key_prefix}{user_id}"
         member = uuid.uuid4().hex
         now_ms = "" if self._clock is None else str(int(self._clock() * 1000))

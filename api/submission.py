@@ -7,6 +7,8 @@ a worker never receives an id it cannot find. When the broker refuses the messag
 row is marked `failed` with a reason (and loses its Idempotency-Key, so the client's retry makes
 a fresh attempt) rather than deleted: the audit trail refers to it. A process that dies between
 commit and enqueue leaves a `queued` row with no message, which cleanup fails as lost.
+The rate limit is the user's own (`export_permissions.rate_limit_per_hour`) when their grant
+has one, else the role's default.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from psycopg.rows import dict_row
 
 from api.auth import Principal
 from api.database import Database
-from api.permissions import actor_type, authorize_export, load_grant
+from api.permissions import Grant, actor_type, authorize_export, load_grant
 from api.problems import ProblemError
 from api.queries import user_exists
 from api.ratelimit import RateLimitDecision, Reservation, rate_limited
@@ -45,8 +47,10 @@ ENQUEUE_FAILED_MESSAGE = "The export could not be queued, so nothing was exporte
 class Limiter(Protocol):
     """The rate limiter as the API uses it (`api.ratelimit.RateLimiter`)."""
 
-    def reserve(self, user_id: uuid.UUID | str, *, is_admin: bool = False) -> RateLimitDecision:
-        """Take a slot if one is free."""
+    def reserve(
+        self, user_id: uuid.UUID | str, *, is_admin: bool = False, limit: int | None = None
+    ) -> RateLimitDecision:
+        """Take a slot if fewer than `limit` (None: the role default) are taken."""
 
     def release(self, reservation: Reservation) -> bool:
         """Give a slot back."""
@@ -123,14 +127,13 @@ class ExportSubmitter:
         with self._database.transaction() as conn:
             if not user_exists(conn, user_id):
                 raise ProblemError("forbidden", "This account has no data to export.")
-            authorize_export(
-                principal, load_grant(conn, user_id), options, bulk=export_type == "bulk"
-            )
+            grant = load_grant(conn, user_id)
+            authorize_export(principal, grant, options, bulk=export_type == "bulk")
             if idempotency_key is not None and fingerprint is not None:
                 earlier = existing_for_key(conn, user_id, idempotency_key)
                 if earlier is not None:
                     return _replay(earlier, fingerprint)
-        decision = self._limiter.reserve(user_id, is_admin=principal.is_admin)
+        decision = self._reserve(principal, grant)
         if not decision.allowed or decision.reservation is None:
             raise rate_limited(decision)
         reservation = decision.reservation
@@ -157,6 +160,14 @@ class ExportSubmitter:
             return Submission(row=created.row, created=False, decision=None)
         self._send(principal, export_type, created.row, origin, reservation)
         return Submission(row=created.row, created=True, decision=decision)
+
+    def _reserve(self, principal: Principal, grant: Grant) -> RateLimitDecision:
+        """Take a slot under the user's own limit, or the role default when the grant has none."""
+        if grant.rate_limit_per_hour is None:
+            return self._limiter.reserve(principal.user_id, is_admin=principal.is_admin)
+        return self._limiter.reserve(
+            principal.user_id, is_admin=principal.is_admin, limit=grant.rate_limit_per_hour
+        )
 
     def _send(
         self,

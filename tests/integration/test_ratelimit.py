@@ -1,4 +1,4 @@
-"""The export rate limiter against a real Redis: exact under concurrency, releasable, sliding.
+"""The export rate limiter against a real Redis: exact under concurrency, per-call limits, sliding.
 
 Every test uses its own key prefix, so tests never share counters, and removes its keys after.
 """
@@ -163,6 +163,63 @@ def test_users_are_counted_apart_and_admins_get_their_own_limit(
     admin_decisions = [limiter.reserve(admin, is_admin=True) for _ in range(4)]
     assert [decision.allowed for decision in admin_decisions] == [True, True, True, False]
     assert admin_decisions[0].limit == 3
+
+
+def test_a_per_call_limit_replaces_the_role_default(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    limiter = make_limiter(limit=5, admin_limit=5)
+    user, admin = uuid.uuid4(), uuid.uuid4()
+    decisions = [limiter.reserve(user, limit=2) for _ in range(3)]
+    assert [decision.allowed for decision in decisions] == [True, True, False]
+    assert {decision.limit for decision in decisions} == {2}
+    assert [decision.remaining for decision in decisions] == [1, 0, 0]
+    generous = [limiter.reserve(admin, is_admin=True, limit=7) for _ in range(8)]
+    assert [decision.allowed for decision in generous] == [True] * 7 + [False]
+
+
+def test_a_lowered_limit_counts_the_exports_already_in_the_window(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    limiter = make_limiter(limit=5)
+    user_id = uuid.uuid4()
+    for _ in range(3):
+        assert limiter.reserve(user_id).allowed
+    refused = limiter.reserve(user_id, limit=2)
+    assert not refused.allowed
+    assert (refused.limit, refused.remaining) == (2, 0)
+    assert limiter.reserve(user_id).allowed
+
+
+def test_twenty_concurrent_reservations_with_a_per_call_limit_accept_exactly_it(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    limiters = [make_limiter() for _ in range(20)]
+    user_id = uuid.uuid4()
+    start = threading.Barrier(len(limiters))
+    allowed: list[bool] = []
+    lock = threading.Lock()
+
+    def reserve(limiter: RateLimiter) -> None:
+        start.wait()
+        decision = limiter.reserve(user_id, limit=2)
+        with lock:
+            allowed.append(decision.allowed)
+
+    threads = [threading.Thread(target=reserve, args=(limiter,)) for limiter in limiters]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(allowed) == [False] * 18 + [True] * 2
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_a_limit_below_one_is_a_programming_error(
+    make_limiter: Callable[..., RateLimiter], limit: int
+) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        make_limiter().reserve(uuid.uuid4(), limit=limit)
 
 
 def test_server_clock_reports_reset_within_the_window(
