@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "seed",
     "export",
     "restore",
+    "scheduler",
 )
 
 

@@ -1,0 +1,481 @@
+"""One scheduling pass: fire every due one-off request and schedule occurrence exactly once.
+
+Each item is claimed on one connection (its row lock held until the item is done) while the
+export is created and committed on a second, so the worker that receives the message can read
+the row. The order per item is: create the export (committed), send its message, then mark the
+claimed row done. A scheduler killed in between leaves the row due; the next pass finds the
+export the first one created (by request id, or by the schedule's run row) and sends its
+message again, which a worker ignores if the export already ran: nothing is lost and no export
+is created twice. Permissions and the rate limit are decided by an injected `FiringPolicy`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal, Protocol
+
+import psycopg
+
+from pipelines.errors import ExportError, RetryableError
+from pipelines.jobs import NewExport, append_log, create_export
+from pipelines.options import ExportOptions, InvalidOptionsError, parse_options
+from workers.scheduling import claims
+from workers.scheduling.cron import CronError, parse_cron
+from workers.scheduling.occurrences import due_occurrence, zone_for
+
+logger = logging.getLogger(__name__)
+
+# Items fired per pass at most, so one pass stays short and a SIGTERM is honoured quickly;
+# a backlog larger than this drains over the next passes (seconds apart).
+MAX_ITEMS_PER_PASS: Final = 200
+# Maintenance sweeps (stuck jobs, lost verifications, abandoned uploads, expiry) every 5 min:
+# each is cheap and idempotent, and a stuck job is only declared after 15 min anyway.
+MAINTENANCE_EVERY_SECONDS: Final = 300
+MAINTENANCE_KEY: Final = "scheduler.maintenance_enqueued_at"
+
+FiredStatus = Literal["enqueued", "skipped", "failed"]
+
+
+class _AlreadyFiredError(ExportError):
+    """Another firing recorded this occurrence first (the primary key said so)."""
+
+    def __str__(self) -> str:
+        return f"{self.args[0]} was already fired by another scheduler"
+
+
+class ExportQueue(Protocol):
+    """Where the scheduler sends messages (`workers.dispatch.Dispatcher`)."""
+
+    def enqueue_user_export(
+        self, export_id: str, *, request_id: str | None = None, priority: str = "normal"
+    ) -> None:
+        """Queue a user export on its priority's queue."""
+
+    def enqueue_bulk_export(self, export_id: str, *, request_id: str | None = None) -> None:
+        """Queue the planning of a bulk export."""
+
+    def enqueue_cleanup(self) -> None:
+        """Queue the maintenance sweeps."""
+
+
+@dataclass(frozen=True)
+class Firing:
+    """An export about to be created for a request or schedule occurrence."""
+
+    user_id: str
+    export_type: Literal["user", "bulk"]
+    options: ExportOptions
+    priority: str
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A policy's answer: admitted (with a way to give the rate-limit slot back) or why not."""
+
+    reason: str | None = None
+    release: Callable[[], None] | None = None
+
+    @property
+    def allowed(self) -> bool:
+        """Return whether the export may be created."""
+        return self.reason is None
+
+
+class FiringPolicy(Protocol):
+    """Decide at firing time whether the owner may still have this export, and count it."""
+
+    def admit(self, conn: psycopg.Connection[Any], firing: Firing) -> Admission:
+        """Return an admission (taking a rate-limit slot) or the reason to skip."""
+
+
+class AdmitAll:
+    """A policy that admits everything (tools and tests that check no permissions)."""
+
+    def admit(self, conn: psycopg.Connection[Any], firing: Firing) -> Admission:
+        """Admit the firing."""
+        return Admission()
+
+
+@dataclass(frozen=True)
+class Fired:
+    """What a pass did with one due item."""
+
+    kind: Literal["request", "schedule"]
+    source_id: str
+    status: FiredStatus
+    export_id: str | None = None
+    occurrence: datetime | None = None
+    reason: str | None = None
+    missed: int = 0
+    resent: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the item as the API reports it."""
+        return {
+            "kind": self.kind,
+            "id": self.source_id,
+            "status": self.status,
+            "exportId": self.export_id,
+            "occurrence": self.occurrence.isoformat() if self.occurrence else None,
+            "reason": self.reason,
+            "missedOccurrences": self.missed,
+            "resent": self.resent,
+        }
+
+
+@dataclass(frozen=True)
+class PassReport:
+    """Everything one pass fired, and whether it enqueued the maintenance sweeps."""
+
+    now: datetime
+    fired: tuple[Fired, ...] = ()
+    maintenance_enqueued: bool = False
+
+    def enqueued(self) -> list[Fired]:
+        """Return the items that sent an export message."""
+        return [item for item in self.fired if item.status == "enqueued"]
+
+
+@dataclass(frozen=True)
+class PassConfig:
+    """Limits and cadences of a pass."""
+
+    max_items: int = MAX_ITEMS_PER_PASS
+    maintenance_every_seconds: int = MAINTENANCE_EVERY_SECONDS
+    compression_enabled: bool = True
+
+
+@dataclass
+class _Connections:
+    claim: psycopg.Connection[Any]
+    write: psycopg.Connection[Any]
+    fired: list[Fired] = field(default_factory=list)
+
+
+class Scheduler:
+    """Run claiming passes against a database, a policy and a queue."""
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        policy: FiringPolicy,
+        queue: ExportQueue,
+        *,
+        config: PassConfig | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._connect = connect
+        self._policy = policy
+        self._queue = queue
+        self._config = config or PassConfig()
+        # None: the database's clock, so replicas on hosts with skewed clocks agree.
+        self._clock = clock
+
+    def run_pass(self, *, should_stop: Callable[[], bool] = lambda: False) -> PassReport:
+        """Fire what is due now, then the maintenance sweeps if their time has come."""
+        try:
+            with self._open() as conns:
+                now = self._now(conns.write)
+                for fire in (self._fire_request, self._fire_schedule):
+                    while len(conns.fired) < self._config.max_items and not should_stop():
+                        fired = fire(conns, now)
+                        if fired is None:
+                            break
+                        conns.fired.append(fired)
+                maintenance = self._maintenance(conns.write, now)
+                return PassReport(
+                    now=now, fired=tuple(conns.fired), maintenance_enqueued=maintenance
+                )
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise RetryableError(f"database unavailable during a pass: {exc}") from exc
+
+    @contextmanager
+    def _open(self) -> Iterator[_Connections]:
+        claim = self._connect()
+        try:
+            write = self._connect()
+            try:
+                yield _Connections(claim=claim, write=write)
+            finally:
+                write.close()
+        finally:
+            claim.close()
+
+    def _now(self, conn: psycopg.Connection[Any]) -> datetime:
+        if self._clock is not None:
+            return self._clock()
+        row = conn.execute("SELECT now()").fetchone()
+        conn.commit()
+        assert row is not None
+        moment: datetime = row[0]
+        return moment
+
+    # -- one-off requests ------------------------------------------------------------------
+
+    def _fire_request(self, conns: _Connections, now: datetime) -> Fired | None:
+        claim = conns.claim
+        row = claims.claim_due_request(claim, now)
+        if row is None:
+            claim.rollback()
+            return None
+        try:
+            fired = self._request(conns, row)
+        except BaseException:
+            claim.rollback()
+            raise
+        claim.commit()
+        return fired
+
+    def _request(self, conns: _Connections, row: dict[str, Any]) -> Fired:
+        request_id = str(row["id"])
+        existing = claims.export_for_request(conns.write, request_id)
+        conns.write.commit()
+        if existing is not None:
+            export, resent = existing, existing["status"] == "queued"
+        else:
+            created = self._create(conns.write, row, export_request_id=request_id)
+            if isinstance(created, Fired):
+                outcome = created
+                claims.finish_request(
+                    conns.claim, request_id, status=outcome.status, reason=outcome.reason
+                )
+                self._log_request(conns.claim, row, outcome)
+                return Fired("request", request_id, outcome.status, reason=outcome.reason)
+            export, resent = created, True
+        if resent:
+            self._send(export)
+        claims.finish_request(conns.claim, request_id, status="enqueued", reason=None)
+        fired = Fired("request", request_id, "enqueued", export_id=str(export["id"]))
+        self._log_request(conns.claim, row, fired)
+        return fired
+
+    # -- recurring schedules ---------------------------------------------------------------
+
+    def _fire_schedule(self, conns: _Connections, now: datetime) -> Fired | None:
+        claim = conns.claim
+        row = claims.claim_due_schedule(claim, now)
+        if row is None:
+            claim.rollback()
+            return None
+        try:
+            fired = self._schedule(conns, row, now)
+        except BaseException:
+            claim.rollback()
+            raise
+        claim.commit()
+        return fired
+
+    def _schedule(self, conns: _Connections, row: dict[str, Any], now: datetime) -> Fired:
+        schedule_id = str(row["id"])
+        try:
+            spec, zone = parse_cron(row["cron_expression"]), zone_for(row["timezone"])
+            due = due_occurrence(spec, zone, row["next_run_at"], now)
+        except CronError as exc:
+            # Cannot be computed (a zone removed from the tz database): stop it, say why.
+            claims.advance_schedule(conns.claim, schedule_id, next_run_at=None, last_run_at=None)
+            fired = Fired("schedule", schedule_id, "failed", reason=str(exc))
+            self._log_schedule(conns.claim, row, fired)
+            return fired
+        assert due is not None  # claimed because next_run_at <= now
+        fired = self._occurrence(conns, row, due.occurrence)
+        fired = Fired(
+            "schedule", schedule_id, fired.status, fired.export_id, due.occurrence,
+            fired.reason, due.missed, fired.resent,
+        )  # fmt: skip
+        claims.apply_schedule_retention(conns.claim, row)
+        claims.advance_schedule(
+            conns.claim, schedule_id, next_run_at=due.next_run_at, last_run_at=due.occurrence
+        )
+        self._log_schedule(conns.claim, row, fired)
+        return fired
+
+    def _occurrence(self, conns: _Connections, row: dict[str, Any], occurrence: datetime) -> Fired:
+        schedule_id = str(row["id"])
+        write = conns.write
+        run = claims.existing_run(write, schedule_id, occurrence)
+        write.commit()
+        if run is None:
+            created = self._create(write, row, schedule_id=schedule_id, occurrence=occurrence)
+            if isinstance(created, Fired):
+                return created
+            self._send(created)
+            return Fired("schedule", schedule_id, "enqueued", export_id=str(created["id"]))
+        # An earlier pass fired this occurrence and died before advancing the schedule.
+        resent = run["status"] == "enqueued" and run["export_status"] == "queued"
+        if resent:
+            self._send({"id": run["export_id"], "export_type": run["export_type"],
+                        "priority": run["priority"], "request_id": None})  # fmt: skip
+        return Fired(
+            "schedule", schedule_id, run["status"], run["export_id"], reason=run["reason"],
+            resent=resent,
+        )  # fmt: skip
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    def _create(
+        self,
+        write: psycopg.Connection[Any],
+        row: dict[str, Any],
+        *,
+        export_request_id: str | None = None,
+        schedule_id: str | None = None,
+        occurrence: datetime | None = None,
+    ) -> dict[str, Any] | Fired:
+        """Check, admit and create the export (committed); a Fired says why it was not."""
+        kind: Literal["request", "schedule"] = "schedule" if schedule_id else "request"
+        source = str(row["id"])
+        try:
+            firing = self._firing(row)
+        except InvalidOptionsError as exc:
+            return self._refuse(write, kind, source, occurrence, status="failed", reason=str(exc))
+        admission = self._policy.admit(write, firing)
+        write.commit()
+        if not admission.allowed:
+            return self._refuse(
+                write, kind, source, occurrence, status="skipped", reason=admission.reason
+            )
+        try:
+            created = create_export(
+                write,
+                NewExport(
+                    user_id=firing.user_id,
+                    export_type=firing.export_type,
+                    options=firing.options,
+                    priority=firing.priority,  # type: ignore[arg-type]
+                    request_id=row.get("request_id"),
+                    template_id=str(row["template_id"]) if row["template_id"] else None,
+                    export_request_id=export_request_id,
+                    schedule_id=schedule_id,
+                ),
+            ).row
+            # The run row and the export commit together: the primary key refuses a twin.
+            if (
+                occurrence is not None
+                and schedule_id is not None
+                and not claims.record_run(
+                    write, schedule_id, occurrence, status="enqueued",
+                    export_id=str(created["id"]), reason=None,
+                )
+            ):  # fmt: skip
+                raise _AlreadyFiredError(f"occurrence {occurrence} of {schedule_id}")
+            append_log(
+                write,
+                event="export.requested",
+                message=f"{created['export_type']} export requested as {created['format']}"
+                f" by {kind} {source}",
+                actor_type="scheduler",
+                export_id=str(created["id"]),
+                export_request_id=export_request_id,
+                schedule_id=schedule_id,
+                details={"occurrence": occurrence.isoformat()} if occurrence else None,
+            )
+            write.commit()
+        except BaseException as exc:
+            write.rollback()
+            if admission.release is not None:
+                admission.release()
+            if isinstance(exc, _AlreadyFiredError):
+                return Fired(kind, source, "skipped", occurrence=occurrence, reason=str(exc))
+            raise
+        return created
+
+    def _refuse(
+        self,
+        write: psycopg.Connection[Any],
+        kind: Literal["request", "schedule"],
+        source: str,
+        occurrence: datetime | None,
+        *,
+        status: FiredStatus,
+        reason: str | None,
+    ) -> Fired:
+        reason = reason or "refused"
+        if kind == "schedule" and occurrence is not None:
+            claims.record_run(
+                write, source, occurrence, status=status, export_id=None, reason=reason
+            )
+            write.commit()
+        logger.warning("%s %s %s: %s", kind, source, status, reason)
+        return Fired(kind, source, status, occurrence=occurrence, reason=reason)
+
+    def _firing(self, row: dict[str, Any]) -> Firing:
+        options = dict(row["options"] or {})
+        options["compression"] = row["compression"]
+        parsed = parse_options(
+            row["format"],
+            options,
+            default_compression="none",
+            compression_enabled=self._config.compression_enabled,
+        )
+        return Firing(
+            user_id=str(row["user_id"]),
+            export_type=row["export_type"],
+            options=parsed,
+            priority=row["priority"],
+        )
+
+    def _send(self, export: dict[str, Any]) -> None:
+        export_id = str(export["id"])
+        if export["export_type"] == "bulk":
+            self._queue.enqueue_bulk_export(export_id, request_id=export["request_id"])
+        else:
+            self._queue.enqueue_user_export(
+                export_id, request_id=export["request_id"], priority=export["priority"]
+            )
+
+    def _log_request(
+        self, conn: psycopg.Connection[Any], row: dict[str, Any], fired: Fired
+    ) -> None:
+        append_log(
+            conn,
+            event=f"schedule.request_{fired.status}",
+            message=f"scheduled request {fired.status}"
+            + (f": {fired.reason}" if fired.reason else ""),
+            level="info" if fired.status == "enqueued" else "warning",
+            actor_type="scheduler",
+            export_id=fired.export_id,
+            export_request_id=fired.source_id,
+            details={"userId": str(row["user_id"]), "reason": fired.reason},
+        )
+
+    def _log_schedule(
+        self, conn: psycopg.Connection[Any], row: dict[str, Any], fired: Fired
+    ) -> None:
+        when = fired.occurrence.isoformat() if fired.occurrence else None
+        append_log(
+            conn,
+            event=f"schedule.run_{fired.status}",
+            message=f"occurrence {when} of schedule {row['name']!r} {fired.status}"
+            + (f": {fired.reason}" if fired.reason else ""),
+            level="info" if fired.status == "enqueued" else "warning",
+            actor_type="scheduler",
+            export_id=fired.export_id,
+            schedule_id=fired.source_id,
+            details={
+                "userId": str(row["user_id"]),
+                "occurrence": when,
+                "missedOccurrences": fired.missed,
+                "reason": fired.reason,
+            },
+        )
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def _maintenance(self, conn: psycopg.Connection[Any], now: datetime) -> bool:
+        """Enqueue the maintenance sweeps if no replica did within the cadence."""
+        try:
+            if not claims.claim_maintenance_slot(
+                conn, MAINTENANCE_KEY, now=now, every_seconds=self._config.maintenance_every_seconds
+            ):
+                conn.rollback()
+                return False
+            self._queue.enqueue_cleanup()  # before commit: a refused message frees the slot
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return True
