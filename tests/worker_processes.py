@@ -137,6 +137,6 @@ def ended(row: dict[str, Any]) -> bool:
 
 def settled(row: dict[str, Any]) -> bool:
     """Return whether the export failed, or completed and its verification ran."""
-    return row["status"] == "failed" or (
+    return bool(row["status"] == "failed") or (
         row["status"] == "completed" and row["verification_status"] != "pending"
     )

@@ -4,7 +4,9 @@ Runs as a Dramatiq fork process (see `workers.broker.WorkerMetrics`) and serves 
 worker processes wrote into the shared multiprocess folder. It replaces Dramatiq's own server,
 which binds 0.0.0.0 unless told otherwise: this one binds `dramatiq_prom_host`, 127.0.0.1 when
 unset, on `dramatiq_prom_port` (9191, Dramatiq's default). Set `dramatiq_prom_host` to an
-interface address on purpose when a scraper on another machine must reach it.
+interface address on purpose when a scraper on another machine must reach it. Worker groups on
+one machine share `dramatiq_prom_db`, so whichever binds the port first serves them all. Empty
+that folder when the machine's workers start (prometheus-client's multiprocess rule).
 """
 
 from __future__ import annotations
@@ -65,7 +67,13 @@ def serve() -> int:
     folder = use_multiprocess_dir(environ, environ)
     host, port = address(environ)
     handler = type("Handler", (_Handler,), {"folder": folder})
-    server = ThreadingHTTPServer((host, port), handler)
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        # Another worker group on this machine serves the same folder already (the workers go
+        # on without this process either way).
+        logger.error("worker metrics not served on %s:%d: %s", host, port, exc)
+        return 1
     logger.info("serving worker metrics from %s on http://%s:%d/", folder, host, port)
     try:
         server.serve_forever()
