@@ -39,9 +39,18 @@ from api.resources.exports import (
 from api.resources.health import Check, HealthResource, ReadyResource
 from api.resources.metrics import MetricsResource
 from api.resources.openapi import OpenApiResource
+from api.resources.schedules import (
+    ProcessScheduledResource,
+    ScheduleRequestResource,
+    ScheduleRequestsResource,
+    ScheduleResource,
+    SchedulesResource,
+    ScheduleStateResource,
+)
 from api.resources.stats import StatsResource
 from api.submission import ExportSubmitter, Limiter
 from pipelines.settings import Settings
+from workers.scheduling.process import PassRunner
 
 App = falcon.App[falcon.Request, falcon.Response]
 
@@ -59,6 +68,8 @@ class AppDeps:
     objects: ObjectStore
     checks: Mapping[str, Check]
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    # Runs one scheduling pass for POST /api/exports/process-scheduled; None answers 503.
+    scheduler: PassRunner | None = None
 
 
 def create_app(deps: AppDeps) -> App:
@@ -101,6 +112,21 @@ def create_app(deps: AppDeps) -> App:
         "/api/exports/{export_id}/download", DownloadResource(database, deps.objects, settings)
     )
     app.add_route("/api/exports/{export_id}/verify", ExportVerifyResource(database, dispatcher))
+    app.add_route(
+        "/api/exports/schedule", ScheduleRequestsResource(database, deps.limiter, settings)
+    )
+    app.add_route("/api/exports/schedule/{request_id}", ScheduleRequestResource(database))
+    app.add_route("/api/exports/schedules", SchedulesResource(database, deps.limiter, settings))
+    app.add_route("/api/exports/schedules/{schedule_id}", ScheduleResource(database))
+    app.add_route(
+        "/api/exports/schedules/{schedule_id}/pause",
+        ScheduleStateResource(database, paused=True),
+    )
+    app.add_route(
+        "/api/exports/schedules/{schedule_id}/resume",
+        ScheduleStateResource(database, paused=False),
+    )
+    app.add_route("/api/exports/process-scheduled", ProcessScheduledResource(deps.scheduler))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(deps.checks))
     app.add_route("/metrics", MetricsResource(deps.metrics))
@@ -114,6 +140,7 @@ def get_app(environ: Mapping[str, str] | None = None) -> App:
     # tests that wire their own collaborators never construct a broker.
     from api.checks import broker_check, redis_check
     from api.ratelimit import RateLimiter, create_redis
+    from api.schedule_policy import scheduler_for
     from pipelines.logs import configure_logging
     from pipelines.storage.client import s3_client_from_settings
     from workers.broker import create_broker
@@ -134,13 +161,14 @@ def get_app(environ: Mapping[str, str] | None = None) -> App:
         with database.transaction() as conn:
             return health_metrics(conn)
 
+    broker_dispatcher = BrokerDispatcher(create_broker(settings.effective_broker_url))
     deps = AppDeps(
         settings=settings,
         verifier=verifier_from_settings(settings),
         internal=internal_credential_from_settings(settings),
         database=database,
         limiter=limiter,
-        dispatcher=BrokerDispatcher(create_broker(settings.effective_broker_url)),
+        dispatcher=broker_dispatcher,
         objects=S3ObjectStore(s3_client_from_settings(settings), bucket=settings.s3_bucket),
         checks={
             "database": database.ping,
@@ -148,5 +176,6 @@ def get_app(environ: Mapping[str, str] | None = None) -> App:
             "rateLimiter": redis_check(redis_client),
         },
         metrics=ApiMetrics(read_health),
+        scheduler=scheduler_for(settings, queue=broker_dispatcher, limiter=limiter),
     )
     return create_app(deps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.middleware import MAX_BODY_BYTES
+from api.openapi_scheduling import scheduling_paths, scheduling_schemas
 from api.payloads import IDEMPOTENCY_HEADER
 from api.problems import PROBLEM_BASE_URI, PROBLEM_CONTENT_TYPE
 from api.queries import DEFAULT_PAGE_SIZE, EXPORT_STATUSES, MAX_OFFSET, MAX_PAGE_SIZE
@@ -614,11 +615,25 @@ def build_spec(*, server_url: str | None = None) -> dict[str, Any]:
             ),
         },
         "security": [{"bearer": []}],
-        "paths": _paths(),
+        "paths": {
+            **_paths(),
+            **scheduling_paths(
+                json=_json,
+                problem=_problem,
+                common=COMMON_ERRORS,
+                body_errors=BODY_ERRORS,
+                rate_headers={**RATE_LIMIT_HEADERS, **RETRY_AFTER},
+            ),
+        },
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **scheduling_schemas()},
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "internal": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "INTERNAL_API_TOKEN, for other processes; user tokens fail.",
+                },
             },
         },
     }

@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 
 from api.auth import Principal
-from api.permissions import authorize_export, load_grant
+from api.permissions import Grant, authorize_export, load_grant
 from api.problems import ProblemError
-from api.ratelimit import rate_limited
+from api.ratelimit import RateLimitDecision, rate_limited
 from api.submission import Limiter
 from pipelines.database import connect
 from pipelines.errors import RetryableError
@@ -44,16 +44,25 @@ def may_schedule(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> bool:
 
 def authorize_scheduled_export(
     conn: psycopg.Connection[Any], principal: Principal, options: ExportOptions, *, bulk: bool
-) -> None:
+) -> Grant:
     """Raise the 403 problem unless this principal may have this export on a schedule."""
-    authorize_export(principal, load_grant(conn, principal.user_id), options, bulk=bulk)
+    grant = load_grant(conn, principal.user_id)
+    authorize_export(principal, grant, options, bulk=bulk)
     if not may_schedule(conn, principal.user_id):
         raise ProblemError("forbidden", NO_SCHEDULE_RIGHT)
+    return grant
 
 
-def check_rate_limit(limiter: Limiter, principal: Principal) -> None:
+def reserve_slot(limiter: Limiter, principal: Principal, grant: Grant) -> RateLimitDecision:
+    """Take a slot under the user's own limit, or the role default when the grant has none."""
+    return limiter.reserve(
+        principal.user_id, is_admin=principal.is_admin, limit=grant.rate_limit_per_hour
+    )
+
+
+def check_rate_limit(limiter: Limiter, principal: Principal, grant: Grant) -> None:
     """Raise 429 if the principal has no free slot now (the slot is not kept)."""
-    decision = limiter.reserve(principal.user_id, is_admin=principal.is_admin)
+    decision = reserve_slot(limiter, principal, grant)
     if not decision.allowed or decision.reservation is None:
         raise rate_limited(decision)
     limiter.release(decision.reservation)
@@ -81,12 +90,12 @@ class ScheduledExportPolicy:
         if principal is None:
             return Admission(reason="the owner's account no longer exists or is deleted")
         try:
-            authorize_scheduled_export(
+            grant = authorize_scheduled_export(
                 conn, principal, firing.options, bulk=firing.export_type == "bulk"
             )
         except ProblemError as exc:
             return Admission(reason=f"permission lost: {exc.description}")
-        decision = self._limiter.reserve(principal.user_id, is_admin=principal.is_admin)
+        decision = reserve_slot(self._limiter, principal, grant)
         reservation = decision.reservation
         if not decision.allowed or reservation is None:
             return Admission(
