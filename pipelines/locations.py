@@ -2,20 +2,23 @@
 
 A location lists the names directly under it, reports an object's size, reads small companion
 files (manifest, SHA256SUMS, sidecars) whole up to a limit, and streams data objects in bounded
-pieces. `open_location` picks the kind from the address; `parse_s3_url` refuses anything that is
-not a plain `s3://bucket/prefix/`. Reading only: verification and restore never write here.
+pieces. `open_location` picks the kind from the address; `open_location_or_object` also
+recognises the address of one data object (a `LoneObject`); `parse_s3_url` refuses anything that
+is not a plain `s3://bucket/prefix/`. Reading only: verification and restore never write here.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.errors import PermanentError, RetryableError
+from pipelines.manifest import MANIFEST_NAME
 from pipelines.storage.reader import iter_file_bytes, iter_object_bytes
 from pipelines.storage.s3_errors import translate_s3_error
 
@@ -193,3 +196,43 @@ def open_location(address: str, *, s3_client: Callable[[], S3Client]) -> Locatio
     if not path.is_dir():
         raise PermanentError(f"{address} is not a directory holding an export")
     return LocalLocation(path)
+
+
+@dataclass(frozen=True)
+class LoneObject:
+    """One data object named by its own address, to be read without a manifest."""
+
+    location: Location
+    name: str
+
+    @property
+    def address(self) -> str:
+        """Return the object's own address."""
+        return f"{self.location.address.rstrip('/')}/{self.name}"
+
+
+def open_location_or_object(
+    address: str, *, s3_client: Callable[[], S3Client]
+) -> Location | LoneObject:
+    """Open an export's folder or prefix, or the one data object `address` names.
+
+    A path or key naming `manifest.json` means the export it describes; a path naming any other
+    file, or an `s3://` address not ending in `/` that names an existing object, is a lone
+    object; anything else is opened as a location.
+    """
+    if address.startswith("s3://"):
+        if address.endswith("/"):
+            return open_location(address, s3_client=s3_client)
+        client = s3_client()
+        bucket, prefix = parse_s3_url(address)
+        parent, _, name = prefix.rstrip("/").rpartition("/")
+        folder = S3Location(client, bucket=bucket, prefix=f"{parent}/" if parent else "")
+        if name == MANIFEST_NAME:
+            return folder
+        if name and folder.size(name) is not None:
+            return LoneObject(folder, name)
+        return S3Location(client, bucket=bucket, prefix=prefix)
+    path = Path(address)
+    if path.is_file() and path.name != MANIFEST_NAME:
+        return LoneObject(LocalLocation(path.parent), path.name)
+    return open_location(address, s3_client=s3_client)
