@@ -36,8 +36,8 @@ def local(moments: list[datetime], zone_name: str) -> list[str]:
     return [moment.astimezone(zone).strftime("%m-%d %H:%M%z") for moment in moments]
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def test_daily_run_in_skipped_hour_fires_once_at_the_jump_in_berlin() -> None:
@@ -132,7 +132,9 @@ def test_not_yet_due_schedule_does_nothing() -> None:
 
 def test_on_time_schedule_fires_its_occurrence_and_moves_to_the_next() -> None:
     spec = parse_cron("0 * * * *")
-    due = due_occurrence(spec, BERLIN, utc(2026, 5, 1, 10), utc(2026, 5, 1, 10, 0, 3))
+    due = due_occurrence(
+        spec, BERLIN, utc(2026, 5, 1, 10), utc(2026, 5, 1, 10, 0) + timedelta(seconds=3)
+    )
     assert due is not None
     assert (due.occurrence, due.missed, due.next_run_at) == (
         utc(2026, 5, 1, 10),
