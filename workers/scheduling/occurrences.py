@@ -50,7 +50,7 @@ def zone_for(name: str) -> ZoneInfo:
     """Return the IANA zone called `name`, or raise ZoneError."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise ZoneError(
             f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin"
         ) from exc
