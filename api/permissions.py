@@ -86,17 +86,40 @@ class Grant:
 DEFAULT_GRANT = Grant()
 
 
+# The grant columns and the "not expired" condition both loaders share.
+_GRANT_COLUMNS = (
+    "p.can_export_own, p.can_export_bulk, p.can_include_system_fields, p.allowed_formats,"
+    " p.rate_limit_per_hour"
+)
+_ACTIVE = "(p.expires_at IS NULL OR p.expires_at > now())"
+
+
 def load_grant(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> Grant:
     """Return the user's grant from `export_permissions`, or the defaults (no row or expired)."""
     with conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute(
-            "SELECT can_export_own, can_export_bulk, can_include_system_fields, allowed_formats,"
-            " rate_limit_per_hour FROM export_permissions WHERE user_id = %s"
-            " AND (expires_at IS NULL OR expires_at > now())",
+            f"SELECT {_GRANT_COLUMNS} FROM export_permissions p WHERE p.user_id = %s AND {_ACTIVE}",
             (user_id,),
         )
         row = cursor.fetchone()
     return DEFAULT_GRANT if row is None else Grant.from_row(row)
+
+
+def load_account_grant(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> Grant | None:
+    """Return an application user's grant (as `load_grant`), or None if there is no such user."""
+    # One round trip for "does the user exist" and "what may they do": this runs on every
+    # export request.
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            f"SELECT p.user_id IS NOT NULL AS has_row, {_GRANT_COLUMNS}"
+            " FROM users u LEFT JOIN export_permissions p"
+            f" ON p.user_id = u.id AND {_ACTIVE} WHERE u.id = %s",
+            (user_id,),
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return Grant.from_row(row) if row["has_row"] else DEFAULT_GRANT
 
 
 def _forbidden(detail: str) -> ProblemError:
