@@ -20,7 +20,7 @@ from pipelines.errors import PermanentError, RetryableError
 from pipelines.logs import configure_logging, log_context
 from pipelines.settings import Settings
 from pipelines.storage.client import s3_client_from_settings
-from workers import dispatch
+from workers import dispatch, metrics_server
 from workers.attempt import Outcome
 from workers.broker import create_broker
 from workers.bulk import run_plan, run_shard
@@ -62,6 +62,9 @@ def _runtime_from_env() -> Runtime:
     configure_logging(level=settings.log_level, log_format=settings.log_format)
     # Before anything imports prometheus-client, which picks its value store on import.
     use_multiprocess_dir(environ, environ)
+    # Dramatiq's own exposition server would bind 0.0.0.0 by default; ours replaces it, and this
+    # keeps Dramatiq's module on loopback too should anything start its server.
+    environ.setdefault(metrics_server.HOST_VARIABLE, metrics_server.DEFAULT_HOST)
     broker = create_broker(settings.effective_broker_url, metrics=True)
     dramatiq.set_broker(broker)
     for queue in dispatch.PRIORITY_QUEUES:  # export_user also runs from these
