@@ -24,6 +24,10 @@ COMMAND_MODULES = (
     "export",
     "restore",
     "scheduler",
+    "token",
+    "exports",
+    "stats",
+    "queues",
 )
 
 

@@ -1,0 +1,165 @@
+"""`exportctl exports list | status ID [--watch] | download ID --out DIR`: exports through the API.
+
+Talks to the HTTP API like any client, with a bearer token (`--token` or EXPORTCTL_TOKEN; on the
+local stack, `exportctl token` makes one) at `--api` (or EXPORTCTL_API_URL). Downloads follow
+the download URL and keep the file only if its SHA-256 matches the one the export recorded.
+Tables and progress bars on a terminal, plain lines when piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from exportctl.api_client import ApiClient
+from exportctl.environment import process_environ
+from exportctl.follow import Tracked, describe, follow
+from exportctl.output import Table, print_table
+from pipelines.errors import PermanentError
+
+API_URL_VARIABLE = "EXPORTCTL_API_URL"
+TOKEN_VARIABLE = "EXPORTCTL_TOKEN"  # noqa: S105 - a variable name, not a secret
+# Seconds `status --watch` follows an export before giving up (a large bulk export takes longer:
+# watch again).
+WATCH_TIMEOUT_SECONDS = 3600.0
+LIST_LIMIT = 20  # rows `list` shows by default: one screen
+
+
+def add_api_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --api and --token, defaulting to EXPORTCTL_API_URL and EXPORTCTL_TOKEN."""
+    parser.add_argument("--api", metavar="URL", help=f"API base URL (default ${API_URL_VARIABLE})")
+    parser.add_argument("--token", help=f"bearer token (default ${TOKEN_VARIABLE})")
+
+
+def client_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> ApiClient:
+    """Return an API client from the arguments, or the environment, or say what is missing."""
+    environ = process_environ() if environ is None else environ
+    url = args.api or environ.get(API_URL_VARIABLE, "")
+    token = args.token or environ.get(TOKEN_VARIABLE, "")
+    missing = [
+        name
+        for name, value in (
+            (f"--api or ${API_URL_VARIABLE}", url),
+            (f"--token or ${TOKEN_VARIABLE}", token),
+        )
+        if not value
+    ]
+    if missing:
+        raise PermanentError(f"set {' and '.join(missing)} (`./run demo` prints both)")
+    return ApiClient(url, token)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `exportctl exports` and its actions."""
+    parser = subparsers.add_parser("exports", help="list, watch and download exports via the API")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="your exports, newest first")
+    listing.add_argument("--status", help="only exports in this status")
+    listing.add_argument("--limit", type=int, default=LIST_LIMIT, help="rows (default %(default)s)")
+    listing.set_defaults(handler=run_list)
+    status = actions.add_parser("status", help="one export's status and verification")
+    status.add_argument("export_id", metavar="ID")
+    status.add_argument("--watch", action="store_true", help="follow it until it settles")
+    status.set_defaults(handler=run_status)
+    download = actions.add_parser("download", help="download an export, checking its SHA-256")
+    download.add_argument("export_id", metavar="ID")
+    download.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder to write to"
+    )
+    download.set_defaults(handler=run_download)
+    for action in (listing, status, download):
+        add_api_arguments(action)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print the caller's exports."""
+    client = client_from_args(args)
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.status:
+        params["status"] = args.status
+    page = client.get("/api/exports", params)
+    rows = [
+        (
+            item["id"],
+            item["type"],
+            describe(item, "-"),
+            item["format"],
+            item["compression"],
+            _count(item.get("recordCount")),
+            _count(item.get("sizeBytes")),
+            (item.get("createdAt") or "-")[:19],
+        )
+        for item in page["exports"]
+    ]
+    columns = ("id", "type", "state", "format", "compression", "rows", "bytes", "created")
+    print_table(Table(f"Exports ({len(rows)} of {page['total']})", columns, rows))
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print one export's status; with --watch, follow it until it settles first."""
+    client = client_from_args(args)
+    if args.watch:
+        tracked = Tracked(f"export {args.export_id[:8]}", args.export_id)
+        console = Console() if sys.stdout.isatty() else None
+        follow(client, [tracked], timeout_seconds=WATCH_TIMEOUT_SECONDS, stream=sys.stdout,
+               console=console)  # fmt: skip
+    document = client.get(f"/api/exports/{args.export_id}/status")["export"]
+    print_table(Table(f"Export {document['id']}", ("field", "value"), _status_rows(document)))
+    return 0 if document["status"] not in ("failed", "cancelled") else 1
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """Download a completed export into --out, checking its SHA-256 while it streams."""
+    client = client_from_args(args)
+    document = client.get(f"/api/exports/{args.export_id}/status")["export"]
+    if document["status"] != "completed" or not document.get("sha256"):
+        raise PermanentError(f"export {args.export_id} is {document['status']}, not downloadable")
+    if sys.stdout.isatty():
+        with Progress(
+            "{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn()
+        ) as bars:
+            task = bars.add_task(f"export {args.export_id[:8]}", total=document.get("sizeBytes"))
+            saved = client.download(
+                args.export_id,
+                args.out,
+                expected_sha256=document["sha256"],
+                progress=lambda done, total: bars.update(task, completed=done, total=total),
+            )
+    else:
+        saved = client.download(args.export_id, args.out, expected_sha256=document["sha256"])
+    print(f"{saved.path}  {saved.size_bytes} bytes  sha256 {saved.sha256}  OK")
+    return 0
+
+
+def _status_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    error = document.get("error") or {}
+    verification = document.get("verification") or {}
+    fields = [
+        ("type", document["type"]),
+        ("state", describe(dict(document), "-")),
+        ("format", f"{document['format']} ({document['compression']})"),
+        ("user", document["userId"]),
+        ("created", document.get("createdAt")),
+        ("started", document.get("startedAt")),
+        ("finished", document.get("finishedAt")),
+        ("rows", _count(document.get("recordCount"))),
+        ("bytes", _count(document.get("sizeBytes"))),
+        ("ratio", document.get("compressionRatio")),
+        ("sha256", document.get("sha256")),
+        ("verification", verification.get("status")),
+        ("error", f"{error.get('code')}: {error.get('message')}" if error else None),
+    ]
+    return [(name, "-" if value in (None, "", []) else str(value)) for name, value in fields]
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "-"
