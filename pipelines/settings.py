@@ -324,6 +324,23 @@ SPECS: tuple[Spec, ...] = (
         "Credential for internal endpoints such as process-scheduled (empty = disabled).",
         secret=True,
     ),
+    # --- alerts
+    Spec(
+        "WEBHOOK_URL",
+        "webhook_url",
+        _optional_url("http", "https"),
+        "",
+        "URL POSTed a signed JSON event when an export or its verification fails (empty = none).",
+    ),
+    Spec(
+        "WEBHOOK_SECRET",
+        "webhook_secret",
+        _optional_text,
+        "",
+        "Shared secret signing webhook calls (HMAC-SHA256 in X-Export-Signature); required "
+        "with WEBHOOK_URL.",
+        secret=True,
+    ),
     # --- process
     Spec(
         "LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level."
@@ -376,6 +393,8 @@ class Settings:
     jwt_audience: str | None
     jwt_leeway_seconds: int
     internal_api_token: str | None
+    webhook_url: str | None
+    webhook_secret: str | None
     log_level: str
     log_format: str
 
@@ -432,6 +451,10 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
         problems.append("WORKER_LEASE_SECONDS must be at least 2")
     if not 1 <= values["export_gzip_level"] <= 9:
         problems.append("EXPORT_GZIP_LEVEL must be between 1 and 9")
+    if values["webhook_url"] and not values["webhook_secret"]:
+        problems.append("WEBHOOK_SECRET is required with WEBHOOK_URL (calls are always signed)")
+    if values["webhook_secret"] and len(values["webhook_secret"]) < 32:
+        problems.append("WEBHOOK_SECRET must be at least 32 characters")
     algorithms = set(values["jwt_algorithms"])
     symmetric = algorithms & SYMMETRIC_ALGORITHMS
     asymmetric = algorithms & ASYMMETRIC_ALGORITHMS

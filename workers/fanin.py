@@ -63,6 +63,8 @@ def finalize_if_done(runtime: Runtime, conn: Any, export_id: str) -> bool:
     row = get_export(conn, export_id)
     if row is not None:
         metrics.export_row_ended(row)
+        if row["status"] == "failed":
+            runtime.webhooks.export_failed(row)
     return True
 
 

@@ -7,6 +7,7 @@ tests call the same functions with their own runtime and no broker. Opens nothin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import psycopg
@@ -15,6 +16,7 @@ from pipelines.database import connect
 from pipelines.settings import Settings
 from pipelines.storage.stores import S3Store
 from workers.config import WorkerSettings
+from workers.webhooks import Notifier, notifier_for
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -40,6 +42,11 @@ class Runtime:
     worker: WorkerSettings
     s3: S3Client
     queue: JobQueue
+
+    @cached_property
+    def webhooks(self) -> Notifier:
+        """Return the process's webhook notifier (a no-op when WEBHOOK_URL is empty)."""
+        return notifier_for(self.settings.webhook_url, self.settings.webhook_secret)
 
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
         """Open a database connection with the statement timeout set."""

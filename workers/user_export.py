@@ -60,6 +60,7 @@ def run_user_export(runtime: Runtime, export_id: str, *, request_id: str | None 
         if claimed.outcome is ClaimOutcome.EXHAUSTED or claimed.lease is None:
             audit(conn, export_id, "export.failed", claimed.reason, level="error")
             metrics.export_row_ended(claimed.row)
+            runtime.webhooks.export_failed(claimed.row)
             return Outcome.FAILED
         attempt = Attempt(runtime, conn, claimed.lease, claimed.row, export_id, None, request_id)
         attempt.audit(
@@ -72,18 +73,20 @@ def run_user_export(runtime: Runtime, export_id: str, *, request_id: str | None 
         except Exception as error:
             if settle_failure(attempt, error):
                 raise
-            _count_ended(conn, export_id)
+            _count_ended(runtime, conn, export_id)
             return Outcome.FAILED
-        _count_ended(conn, export_id)
+        _count_ended(runtime, conn, export_id)
     runtime.queue.enqueue_verification(export_id)
     return Outcome.COMPLETED
 
 
-def _count_ended(conn: psycopg.Connection[Any], export_id: str) -> None:
-    """Count the export in the metrics as its row now stands (failed, or completed)."""
+def _count_ended(runtime: Runtime, conn: psycopg.Connection[Any], export_id: str) -> None:
+    """Count the export in the metrics as its row now stands; call the webhook if it failed."""
     row = get_export(conn, export_id)
     if row is not None and row["status"] in ("completed", "failed"):
         metrics.export_row_ended(row)
+    if row is not None and row["status"] == "failed":
+        runtime.webhooks.export_failed(row)
 
 
 def _export(attempt: Attempt) -> None:

@@ -72,6 +72,10 @@ def run_verification(runtime: Runtime, export_id: str) -> VerificationReport | N
     metrics.verification_ended(
         outcome=status, export_type=str(row["export_type"]), seconds=report.duration_seconds
     )
+    if not report.passed:
+        runtime.webhooks.verification_failed(
+            {**row, "verification_status": status}, report.as_json()
+        )
     return report
 
 
