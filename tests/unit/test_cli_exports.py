@@ -1,0 +1,112 @@
+"""`exportctl exports` and its API client: settings, file names, digest-checked saving."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+
+from exportctl.api_client import ApiClient, ApiError, DigestMismatchError, _error, _file_name, _save
+from exportctl.commands.exports import client_from_args
+from exportctl.follow import describe, settled
+from pipelines.errors import PermanentError
+
+BODY = b"id,name\n1,Ada\n" * 10_000
+
+
+class Response(io.BytesIO):
+    """An HTTP response body with the one header `_save` reads."""
+
+    def __init__(self, data: bytes, *, length: int | None = None) -> None:
+        super().__init__(data)
+        self._length = len(data) if length is None else length
+
+    def getheader(self, name: str) -> str | None:
+        return str(self._length) if name == "Content-Length" else None
+
+
+def _args(**values: str | None) -> argparse.Namespace:
+    return argparse.Namespace(api=values.get("api"), token=values.get("token"))
+
+
+def test_matching_digest_keeps_the_file_and_reports_progress(tmp_path: Path) -> None:
+    seen: list[int] = []
+    saved = _save(
+        Response(BODY),  # type: ignore[arg-type]
+        tmp_path / "out" / "export.csv",
+        expected_sha256=hashlib.sha256(BODY).hexdigest().upper(),
+        progress=lambda done, total: seen.append(done),
+    )
+    assert saved.path.read_bytes() == BODY
+    assert saved.size_bytes == len(BODY)
+    assert seen[-1] == len(BODY)
+    assert list(saved.path.parent.iterdir()) == [saved.path]
+
+
+def test_digest_mismatch_leaves_no_file_behind(tmp_path: Path) -> None:
+    with pytest.raises(DigestMismatchError, match="differs"):
+        _save(
+            Response(BODY),  # type: ignore[arg-type]
+            tmp_path / "export.csv",
+            expected_sha256="0" * 64,
+            progress=None,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_short_body_is_an_error_and_leaves_no_file(tmp_path: Path) -> None:
+    with pytest.raises(ApiError, match="got 140000 bytes of 150000"):
+        _save(
+            Response(BODY, length=len(BODY) + 10_000),  # type: ignore[arg-type]
+            tmp_path / "export.csv",
+            expected_sha256=hashlib.sha256(BODY).hexdigest(),
+            progress=None,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_name_comes_from_the_server_but_never_leaves_the_folder() -> None:
+    disposition = 'attachment; filename="data-export-1-user.csv.zst"'
+    assert _file_name("1", disposition, "http://s3/x") == "data-export-1-user.csv.zst"
+    assert _file_name("1", 'attachment; filename="../../etc/passwd"', "") == "passwd"
+    assert _file_name("1", None, "http://s3/b/exports/1/manifest.json?X=1") == (
+        "data-export-1-manifest.json"
+    )
+    assert _file_name("1", 'attachment; filename=".."', "") == "data-export-1"
+
+
+def test_problem_details_become_a_readable_error() -> None:
+    error = _error(409, b'{"title": "Conflict", "detail": "this one is running."}')
+    assert str(error) == "HTTP 409: Conflict: this one is running."
+    assert error.status == 409
+    assert str(_error(403, b"<Error><Code>AccessDenied</Code></Error>")).startswith("HTTP 403: <")
+
+
+def test_client_needs_an_api_url_and_a_token() -> None:
+    with pytest.raises(PermanentError, match="EXPORTCTL_API_URL and --token"):
+        client_from_args(_args(), {})
+    client = client_from_args(_args(token="t"), {"EXPORTCTL_API_URL": "http://127.0.0.1:8000/"})
+    assert client.base_url == "http://127.0.0.1:8000"
+    with pytest.raises(ApiError, match="http"):
+        ApiClient("127.0.0.1:8000", "t")
+
+
+def test_an_export_settles_when_failed_or_verified() -> None:
+    running = {"status": "running", "progress": 40, "verification": {"status": "pending"}}
+    verifying = {"status": "completed", "verification": {"status": "pending"}}
+    verified = {"status": "completed", "verification": {"status": "passed"}}
+    failed = {"status": "failed", "error": {"message": "too large"}, "verification": {}}
+    assert [settled(d) for d in (running, verifying, verified, failed)] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert describe(running, "-") == "running 40%"
+    assert describe(verifying, "-") == "verifying"
+    assert describe(verified, "-") == "verified"
+    assert describe(failed, "-") == "FAILED: too large"
+    assert describe(None, "due at 10:00:05") == "due at 10:00:05"
