@@ -184,7 +184,7 @@ def _tail(lines: list[tuple[str, str]]) -> str:
 def _settle(client: ApiClient, export_id: str, lines: list[tuple[str, str]]) -> dict[str, Any]:
     deadline = time.monotonic() + SETTLE_SECONDS
     while time.monotonic() < deadline:
-        export = client.get(f"/api/exports/{export_id}/status")["export"]
+        export: dict[str, Any] = client.get(f"/api/exports/{export_id}/status")["export"]
         if export["status"] == "failed" or export["verification"]["status"] != "pending":
             return export
         time.sleep(0.3)
@@ -199,7 +199,7 @@ def _samples(url: str) -> list[Any]:
 
 def _value(samples: list[Any], name: str, **labels: str) -> float:
     return sum(
-        sample.value
+        float(sample.value)
         for sample in samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )

@@ -10,10 +10,22 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 
+from exportctl.seeding import seed_database
+from pipelines.database import connect
+from pipelines.jobs import NewExport, create_export
+from pipelines.options import parse_options
+from pipelines.settings import Settings
+from pipelines.storage.client import s3_client_from_settings
+from workers.attempt import Outcome
+from workers.config import WorkerSettings
+from workers.runtime import Runtime
+from workers.user_export import run_user_export
+from workers.verification import run_verification
 from workers.webhooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -24,6 +36,9 @@ from workers.webhooks import (
     sign,
     signature_valid,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 SECRET = "a-webhook-secret-of-forty-characters-0123"
 ROW: dict[str, Any] = {
@@ -147,3 +162,86 @@ def test_no_url_means_no_calls() -> None:
     notifier = notifier_for(None, SECRET)
     notifier.export_failed(ROW)  # nothing to send, nothing raised
     assert not isinstance(notifier, WebhookNotifier)
+
+
+@dataclass
+class _Queue:
+    verifications: list[str] = field(default_factory=list)
+
+    def enqueue_shard(self, export_id: str, shard_id: str) -> None:
+        raise AssertionError("no bulk export here")
+
+    def enqueue_verification(self, export_id: str) -> None:
+        self.verifications.append(export_id)
+
+
+def _runtime(env: dict[str, str], bucket: str, receiver: Receiver, **extra: str) -> Runtime:
+    info = psycopg.conninfo.conninfo_to_dict(env["DATABASE_URL"])
+    user = info.get("user", "postgres")
+    url = f"postgresql://{user}@{info['host']}:{info['port']}/{info['dbname']}"
+    settings = Settings.from_env(
+        {**env, "DATABASE_URL": url, "S3_BUCKET": bucket, "WEBHOOK_URL": receiver.url,
+         "WEBHOOK_SECRET": SECRET, **extra}
+    )  # fmt: skip
+    return Runtime(settings, WorkerSettings(lease_seconds=10), s3_client_from_settings(settings),
+                   _Queue())  # fmt: skip
+
+
+def _user_export(runtime: Runtime, *, most_files: bool) -> str:
+    with connect(runtime.settings.database_url) as conn:
+        seed_database(conn, users=6, max_files=300, seed=3, files=400)
+        order = "DESC" if most_files else "ASC"
+        user = conn.execute(
+            "SELECT u.id::text FROM users u LEFT JOIN files f ON f.owner_id = u.id"
+            f" GROUP BY u.id ORDER BY count(f.id) {order}, u.id LIMIT 1"
+        ).fetchone()
+        assert user is not None
+        options = parse_options("json", {"compression": "none"}, default_compression="zstd")
+        created = create_export(conn, NewExport(user[0], "user", options))
+        conn.commit()
+    return str(created.row["id"])
+
+
+def _events(receiver: Receiver, notifier: Any) -> list[dict[str, Any]]:
+    assert notifier.flush(10)
+    for headers, body, _ in receiver.calls:
+        assert signature_valid(SECRET, headers[SIGNATURE_HEADER.lower()], body)
+    return [json.loads(body) for _, body, _ in receiver.calls]
+
+
+def test_user_export_that_fails_calls_the_webhook(
+    settings_env: dict[str, str], s3_bucket: str, receiver: Receiver
+) -> None:
+    runtime = _runtime(settings_env, s3_bucket, receiver, EXPORT_MAX_SIZE="20000")
+    export_id = _user_export(runtime, most_files=True)
+    assert run_user_export(runtime, export_id) is Outcome.FAILED
+    (event,) = _events(receiver, runtime.webhooks)
+    assert event["event"] == "export.failed"
+    assert event["export"]["id"] == export_id
+    assert event["export"]["status"] == "failed"
+
+
+def test_verification_that_fails_calls_the_webhook_and_a_pass_does_not(
+    settings_env: dict[str, str], s3_bucket: str, s3_client: S3Client, receiver: Receiver
+) -> None:
+    runtime = _runtime(settings_env, s3_bucket, receiver)
+    export_id = _user_export(runtime, most_files=False)
+    assert run_user_export(runtime, export_id) is Outcome.COMPLETED
+    passed = run_verification(runtime, export_id)
+    assert passed is not None
+    assert passed.passed
+    assert _events(receiver, runtime.webhooks) == []
+
+    with connect(runtime.settings.database_url) as conn:
+        key = conn.execute(
+            "SELECT object_key FROM data_exports WHERE id = %s", (export_id,)
+        ).fetchone()
+    assert key is not None
+    s3_client.put_object(Bucket=s3_bucket, Key=key[0], Body=b'{"tampered": true}')
+    failed = run_verification(runtime, export_id)
+    assert failed is not None
+    assert not failed.passed
+    (event,) = _events(receiver, runtime.webhooks)
+    assert event["event"] == "verification.failed"
+    assert event["export"]["verificationStatus"] == "failed"
+    assert event["problemCount"] >= 1

@@ -91,7 +91,12 @@ def test_an_exited_process_is_reported_once_and_not_restarted(tmp_path: Path) ->
     supervisor = _supervisor(f"quick: {PYTHON} -c 'raise SystemExit(3)'\n", lines, tmp_path)
     supervisor.start(["quick"])
     ended: list[tuple[str, int]] = []
-    _wait_for(lambda: bool(ended.extend(supervisor.exited()) or ended))
+
+    def quick_ended() -> bool:
+        ended.extend(supervisor.exited())
+        return bool(ended)
+
+    _wait_for(quick_ended)
     assert ended == [("quick", 3)]
     time.sleep(0.3)
     assert supervisor.exited() == []
