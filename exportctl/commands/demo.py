@@ -51,6 +51,7 @@ SCHEDULE_AHEAD_SECONDS = 5
 RELEASE_TIMEOUT_SECONDS = 120.0
 READY_TIMEOUT_SECONDS = 90.0
 EXPORTS_TIMEOUT_SECONDS = 300.0
+INTERRUPTED_EXIT_CODE = 130  # the shell's code for a command ended by SIGINT
 # Variables of the caller's environment that would point the processes elsewhere than the stack.
 DROPPED_PREFIXES = (
     "JWT_",
@@ -158,25 +159,26 @@ def run(args: argparse.Namespace) -> int:
         extra_env=_metrics_env(ports, root),
     )
     demo = DemoRun(supervisor, endpoints, ports, root, console, out)
+    code = INTERRUPTED_EXIT_CODE  # until the exports are judged
     try:
         exports = _main_job(demo, args.users)
-        ok = bool(exports) and all(export.verified for export in exports)
+        code = 0 if exports and all(export.verified for export in exports) else 1
         _say(out, f"finished in {time.monotonic() - started:.1f} s: " + _verdict(exports))
         if not args.once:
             _say(out, "serving until Ctrl-C")
             _serve(supervisor)
     except DemoError as exc:
         print(f"\ndemo FAILED: {exc}", file=out, flush=True)
-        ok = False
+        code = 1
     except KeyboardInterrupt:
-        ok = not args.once
+        pass  # Ctrl-C while serving keeps the verdict; before it, the exit code says interrupted
     finally:
         _say(out, "stopping the processes")
         supervisor.stop()
         if not already_up:
             _say(out, "stopping the local stack (data stays in the folder)")
             stack.down()
-    return 0 if ok else 1
+    return code
 
 
 def _main_job(run: DemoRun, users: int) -> list[DemoExport]:

@@ -153,7 +153,7 @@ def _status_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("finished", document.get("finishedAt")),
         ("rows", _count(document.get("recordCount"))),
         ("bytes", _count(document.get("sizeBytes"))),
-        ("ratio", document.get("compressionRatio")),
+        ("ratio", _ratio(document.get("compressionRatio"))),
         ("sha256", document.get("sha256")),
         ("verification", verification.get("status")),
         ("error", f"{error.get('code')}: {error.get('message')}" if error else None),
@@ -163,3 +163,7 @@ def _status_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else "-"
+
+
+def _ratio(value: Any) -> str | None:
+    return f"{value:.2f}" if isinstance(value, int | float) else None
