@@ -24,8 +24,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +69,9 @@ PACED_CONNECTIONS = 16
 # Seconds gunicorn (two workers importing the app) may take to answer its first request.
 START_TIMEOUT_SECONDS = 30
 STOP_TIMEOUT_SECONDS = 10
+# Seconds into a measured run when the connections' spread over the workers is sampled: every
+# connection is open by then.
+SPREAD_SAMPLE_SECONDS = 1.0
 ENQUEUE_TARGET_RATIO = 0.40
 STATUS_P99_TARGET_MS = 20.0
 POST_BODY = '{"format":"json"}'
@@ -126,6 +131,8 @@ class Measurement:
     errors: int
     # CPU milliseconds per answered request: gunicorn (master and workers), PostgreSQL (all its
     # processes), Redis, and the rest of the machine (the load generator and anything else).
+    # Established connections per gunicorn worker a second into the run, e.g. "13/3".
+    connections_per_worker: str
     gunicorn_cpu_ms: float
     postgres_cpu_ms: float
     redis_cpu_ms: float
@@ -260,6 +267,72 @@ def _tree(pid: int) -> list[int]:
     return [pid, *(found for child in children for found in _tree(int(child)))]
 
 
+def _socket_owners(workers: Sequence[int]) -> dict[str, int]:
+    """Return "socket:[inode]" -> pid for every socket the worker processes hold."""
+    owners = {}
+    for pid in workers:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:"):
+                owners[target] = pid
+    return owners
+
+
+def _server_sockets(port: int) -> dict[int, str]:
+    """Return peer port -> "socket:[inode]" for established connections to `port` on loopback."""
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+        if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+            found[int(remote.rsplit(":", 1)[1], 16)] = f"socket:[{inode}]"
+    return found
+
+
+def workers_of(server: Gunicorn) -> list[int]:
+    """Return the gunicorn worker pids (the master's children)."""
+    return _tree(server.measured["gunicorn"])[1:]
+
+
+def owner_lookup(server: Gunicorn) -> Callable[[int], int | None]:
+    """Return a function from a client's local port to the worker pid serving that connection."""
+    workers = workers_of(server)
+
+    def owner_of(client_port: int) -> int | None:
+        inode = _server_sockets(server.port).get(client_port)
+        return None if inode is None else _socket_owners(workers).get(inode)
+
+    return owner_of
+
+
+def connections_per_worker(server: Gunicorn) -> str:
+    """Return how many established connections each worker holds now, e.g. "13/3"."""
+    owners = _socket_owners(workers_of(server))
+    counts = Counter(owners.get(inode) for inode in _server_sockets(server.port).values())
+    return "/".join(str(counts[pid]) for pid in workers_of(server))
+
+
+@contextmanager
+def spread_sampler(server: Gunicorn) -> Iterator[list[str]]:
+    """Sample `connections_per_worker` once, a second into the block; yield where it lands."""
+    sample: list[str] = []
+    timer = threading.Timer(
+        SPREAD_SAMPLE_SECONDS, lambda: sample.append(connections_per_worker(server))
+    )
+    timer.start()
+    try:
+        yield sample
+    finally:
+        timer.cancel()
+
+
 def raise_priority(roots: Sequence[int], niceness: int) -> None:
     """Set every thread of these process trees and of this process to `niceness` (root only).
 
@@ -320,6 +393,7 @@ def _measurement(
     p99: float,
     errors: int,
     cpu: dict[str, float],
+    spread: str,
 ) -> Measurement:
     """Build a table row, turning CPU seconds into milliseconds per answered request."""
 
@@ -334,6 +408,7 @@ def _measurement(
         p50_ms=p50,
         p99_ms=p99,
         errors=errors,
+        connections_per_worker=spread,
         gunicorn_cpu_ms=per_request("gunicorn"),
         postgres_cpu_ms=per_request("postgres"),
         redis_cpu_ms=per_request("redis"),
@@ -377,7 +452,7 @@ def run_wrk(
     wrk(WARMUP_SECONDS)
     if server.niceness is not None:
         raise_priority(list(server.measured.values()), server.niceness)
-    with cpu_meter(server.measured) as cpu:
+    with cpu_meter(server.measured) as cpu, spread_sampler(server) as spread:
         figures = wrk(seconds)
     count = int(figures["requests"])
     errors = sum(int(figures[k]) for k in ("connect", "read", "write", "status", "timeout"))
@@ -390,6 +465,7 @@ def run_wrk(
         p99=figures["p99_us"] / 1000,
         errors=errors,
         cpu=cpu,
+        spread=spread[0] if spread else "?",
     )
 
 
@@ -407,7 +483,7 @@ def run_paced_at(
     )
     if server.niceness is not None:
         raise_priority(list(server.measured.values()), server.niceness)
-    with cpu_meter(server.measured) as cpu:
+    with cpu_meter(server.measured) as cpu, spread_sampler(server) as spread:
         result = run_paced(
             "127.0.0.1",
             server.port,
@@ -415,6 +491,8 @@ def run_paced_at(
             rate_per_second=rate,
             duration_seconds=seconds,
             connections=PACED_CONNECTIONS,
+            owner_of=owner_lookup(server),
+            owners=len(workers_of(server)),
         )
     count = len(result.latencies_ms)
     late = percentile(result.late_ms, 99)
@@ -428,6 +506,7 @@ def run_paced_at(
         p99=result.percentile_ms(99),
         errors=result.errors,
         cpu=cpu,
+        spread=spread[0] if spread else "?",
     )
 
 
@@ -545,14 +624,14 @@ def report(rows: Sequence[Measurement], *, loads: tuple[str, str], niceness: int
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Machine: {machine()}.",
         f"Load average (1 min) before / after: {loads[0]} / {loads[1]}; {priority}.",
         "",
-        "| endpoint | load | requests | req/s | p50 ms | p99 ms | errors | "
+        "| endpoint | load | requests | req/s | p50 ms | p99 ms | errors | conns/worker | "
         "CPU ms/req: gunicorn | PostgreSQL | Redis | rest | machine busy % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.name} | {r.load} | {r.requests:,} | {r.requests_per_second:,.0f} | "
-            f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
+            f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.connections_per_worker} | "
             f"{r.gunicorn_cpu_ms:.2f} | {r.postgres_cpu_ms:.2f} | {r.redis_cpu_ms:.2f} | "
             f"{r.rest_cpu_ms:.2f} | {r.machine_busy_percent:.0f} |"
         )

@@ -18,13 +18,18 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 # Seconds one request may take before it counts as an error; far above any latency of interest.
 REQUEST_TIMEOUT_SECONDS = 10.0
 # Seconds after the last due time that stragglers may still finish before the run ends.
 DRAIN_SECONDS = 5.0
+# Reconnections per wanted connection when spreading them over server processes; a handful
+# suffices when workers race fairly, and the bound keeps a lopsided server from looping forever.
+BALANCE_ATTEMPTS_PER_CONNECTION = 8
+# Seconds an idle worker takes at most to accept a new loopback connection.
+ACCEPT_WAIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -93,10 +98,60 @@ class _Client:
             self._connect()
             return False
 
+    @property
+    def local_port(self) -> int:
+        """Return this end's port, by which the server side of the connection is found."""
+        port: int = self._sock.getsockname()[1]
+        return port
+
     def close(self) -> None:
         """Close the connection."""
         self._reader.close()
         self._sock.close()
+
+
+def open_clients(
+    host: str, port: int, count: int, *, owner_of: Callable[[int], int | None] | None, owners: int
+) -> list[_Client]:
+    """Open `count` connections; with `owner_of`, spread them evenly over `owners` processes.
+
+    A pre-forked server (gunicorn) hands each connection to whichever worker accepts it first,
+    and a burst of connections from one client often lands on a single worker, which then
+    serves everything while the others idle. Many independent clients do not do that, so the
+    generator keeps a connection only while its owner (`owner_of(local_port)`, a pid) has fewer
+    than its share, reconnecting otherwise, within a bounded number of attempts.
+    """
+    share = math.ceil(count / max(1, owners))
+    kept: list[_Client] = []
+    spare: list[_Client] = []
+    held: dict[int, int] = {}
+    for _ in range(count * BALANCE_ATTEMPTS_PER_CONNECTION):
+        if len(kept) == count:
+            break
+        client = _Client(host, port)
+        owner = None if owner_of is None else _wait_for_owner(owner_of, client.local_port)
+        if owner is None or held.get(owner, 0) < share:
+            kept.append(client)
+            if owner is not None:
+                held[owner] = held.get(owner, 0) + 1
+        else:
+            spare.append(client)  # held open, so the next accept is not its worker's again
+    for client in spare:
+        client.close()
+    while len(kept) < count:  # attempts ran out: accept the imbalance rather than fail the run
+        kept.append(_Client(host, port))
+    return kept
+
+
+def _wait_for_owner(owner_of: Callable[[int], int | None], local_port: int) -> int | None:
+    """Return the accepting process of a new connection once a worker has accepted it."""
+    deadline = time.monotonic() + ACCEPT_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        owner = owner_of(local_port)
+        if owner is not None:
+            return owner
+        time.sleep(0.005)
+    return None
 
 
 @dataclass
@@ -139,8 +194,13 @@ def run_paced(
     rate_per_second: float,
     duration_seconds: float,
     connections: int,
+    owner_of: Callable[[int], int | None] | None = None,
+    owners: int = 1,
 ) -> PacedResult:
-    """Send `requests` round-robin at a fixed rate for a bounded time and measure the latency."""
+    """Send `requests` round-robin at a fixed rate for a bounded time and measure the latency.
+
+    `owner_of` and `owners` spread the connections over the server's processes (`open_clients`).
+    """
     if host not in {"127.0.0.1", "localhost", "::1"}:
         raise ValueError(f"the load generator targets loopback only, not {host!r}")
     if not requests or rate_per_second <= 0 or connections < 1:
@@ -148,17 +208,17 @@ def run_paced(
     total = int(rate_per_second * duration_seconds)
     result = PacedResult(target_rate=rate_per_second, duration_seconds=duration_seconds)
     lock = threading.Lock()
-    # Start a little ahead so every thread is connected and waiting when the first request is due.
-    start = time.monotonic() + 0.5
-    deadline = start + duration_seconds + DRAIN_SECONDS
-
     encoded = [request.encode(host, port) for request in requests]
+    clients = open_clients(host, port, connections, owner_of=owner_of, owners=owners)
+    # Start a little ahead so every thread is waiting when the first request is due.
+    start = time.monotonic() + 0.2
+    deadline = start + duration_seconds + DRAIN_SECONDS
 
     def worker(first: int) -> None:
         latencies: list[float] = []
         late: list[float] = []
         errors = 0
-        client = _Client(host, port)
+        client = clients[first]
         try:
             for index in range(first, total, connections):
                 due = start + index / rate_per_second

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from threading import Barrier
 from typing import Any
@@ -72,6 +73,25 @@ def make_app(database_url: str, redis_url: str) -> Iterator[Callable[[], App]]:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+class CommitFailing:
+    """The real database, except that the next transaction loses its connection at commit."""
+
+    def __init__(self, inner: ThreadLocalDatabase) -> None:
+        self.inner = inner
+        self.fail_next = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        with self.inner.transaction() as conn:
+            yield conn
+            if self.fail_next:
+                self.fail_next = False
+                conn.close()  # the commit that follows fails as with a dropped connection
+
+    def ping(self) -> None:
+        self.inner.ping()
 
 
 def grant_limit(
@@ -230,3 +250,32 @@ def test_lowering_the_own_limit_applies_to_the_next_request(
         "0",
     )
     assert exports_of(database_url, user) == 3
+
+
+def test_export_whose_commit_fails_gives_its_slot_back(database_url: str, redis_url: str) -> None:
+    user = add_user(database_url)
+    grant_limit(database_url, user, 1)
+    database = CommitFailing(ThreadLocalDatabase(database_url))
+    client = create_redis(redis_url)
+    prefix = f"test:api-limits:{uuid.uuid4().hex}:"
+    limiter = RateLimiter(client, limit=DEFAULT_LIMIT, admin_limit=ADMIN_LIMIT, key_prefix=prefix)
+    dispatcher = RecordingDispatcher()
+    api = build_client(
+        settings=make_settings(), database=database, limiter=limiter, dispatcher=dispatcher
+    )
+    try:
+        database.fail_next = True
+        failed = api.simulate_post("/api/exports/user", json={"format": "json"}, headers=auth(user))
+        assert failed.status_code == 503
+        assert exports_of(database_url, user) == 0
+        assert dispatcher.messages == []
+        accepted = api.simulate_post(
+            "/api/exports/user", json={"format": "json"}, headers=auth(user)
+        )
+        assert accepted.status_code == 202
+        assert accepted.headers["ratelimit-remaining"] == "0"
+    finally:
+        database.inner.close()
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
