@@ -2,7 +2,8 @@
 
 Relies on the writer's layout (docs/formats.md): the prologue, header, each table's opening and
 closing, each record and the metadata sit on lines of their own. A document reformatted by
-another tool is refused with a clear error rather than loaded whole.
+another tool is refused with a clear error rather than loaded whole. Record lines go through
+`JsonRecords` (orjson, jsonb as written), falling back to the exact parser.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import orjson
+
+from pipelines.formats.json_records import JsonRecords
 from pipelines.formats.metadata import header_from_fields, trailer_from_fields
 from pipelines.formats.stream import Event, KeyedRecords, iter_lines
 from pipelines.formats.values import CorruptExportError, loads_exact
-from pipelines.records import FORMAT_VERSION, ExportHeader, ExportTrailer, source_table
+from pipelines.records import FORMAT_VERSION, ExportHeader, ExportTrailer, Record, source_table
 
 _PROLOGUE = b'{"format":"data-export","formatVersion":'
 
@@ -28,6 +32,7 @@ def _object(text: bytes, what: str) -> dict[str, Any]:
 def read_json(chunks: Iterable[bytes]) -> Iterator[Event]:
     """Yield the header, records and metadata of a JSON export."""
     records = KeyedRecords()
+    fast = JsonRecords(records)
     lines = iter_lines(chunks)
     first = next(lines, b"")
     if not first.startswith(_PROLOGUE):
@@ -45,7 +50,9 @@ def read_json(chunks: Iterable[bytes]) -> Iterator[Event]:
             if line == b"]":
                 table = None
             elif line.startswith(b"{"):
-                yield records.from_json(table, _object(line, f"line {number}"))
+                yield _record(fast, table, line) or records.from_json(
+                    table, _object(line, f"line {number}")
+                )
             else:
                 raise CorruptExportError(f"line {number}: expected a {table} record")
         elif line == b"}":
@@ -56,6 +63,15 @@ def read_json(chunks: Iterable[bytes]) -> Iterator[Event]:
             yield _metadata(line, number)
     if not closed:
         raise CorruptExportError("JSON document ends early: it is truncated")
+
+
+def _record(fast: JsonRecords, table: str, line: bytes) -> Record | None:
+    """Return the record of a record line read by orjson, or None to use the exact parser."""
+    try:
+        fields = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return fast.record(table, fields, line) if fields.__class__ is dict else None
 
 
 def _table_name(text: bytes, number: int) -> str:

@@ -86,6 +86,25 @@ def test_csv_stray_quote_is_refused_without_reading_to_the_end() -> None:
         list(iter_records(chunks(), format="csv"))  # type: ignore[arg-type]
 
 
+def test_csv_stray_quote_in_a_value_spanning_lines_is_refused_without_reading_on() -> None:
+    def chunks() -> object:
+        yield b'record_type,id\r\n"users","a\r\nb"x"c\r\n'
+        raise AssertionError("read past the malformed row")
+
+    with pytest.raises(CorruptExportError, match="malformed CSV"):
+        list(iter_records(chunks(), format="csv"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_jsonb_numbers_a_double_cannot_hold_come_back_as_written(fmt: str) -> None:
+    metadata = '{"n": 1.50, "big": 123456789012345678901234567890, "tiny": 1e-400}'
+    row = (*FILES[0][:8], metadata, *FILES[0][9:])
+    batches = [RowBatch(TABLES[0], USERS, 1), RowBatch(TABLES[1], [row], 2)]
+    chunks = ENCODERS[fmt](batches, tables=TABLES, header=HEADER, include_metadata=False)
+    records = list(iter_records((chunk.data for chunk in chunks), format=fmt))
+    assert [r.values for r in records] == [*USERS, row]
+
+
 @pytest.mark.parametrize(
     "text",
     ["2024-03-01 12:00:00+00", "2024-03-01 12:00:00.000001+00", "infinity",
