@@ -168,8 +168,6 @@ class ExportSubmitter:
 
     def _reserve(self, principal: Principal, grant: Grant) -> RateLimitDecision:
         """Take a slot under the user's own limit, or the role default when the grant has none."""
-        if grant.rate_limit_per_hour is None:
-            return self._limiter.reserve(principal.user_id, is_admin=principal.is_admin)
         return self._limiter.reserve(
             principal.user_id, is_admin=principal.is_admin, limit=grant.rate_limit_per_hour
         )

@@ -82,9 +82,14 @@ class UnlimitedLimiter:
         self.reserved = 0
         self.released = 0
 
-    def reserve(self, user_id: uuid.UUID | str, *, is_admin: bool = False) -> RateLimitDecision:
+    def reserve(
+        self, user_id: uuid.UUID | str, *, is_admin: bool = False, limit: int | None = None
+    ) -> RateLimitDecision:
         self.reserved += 1
-        return RateLimitDecision(True, 1000, 999, 3600, None, Reservation("k", uuid.uuid4().hex))
+        allowed = limit or 1000
+        return RateLimitDecision(
+            True, allowed, allowed - 1, 3600, None, Reservation("k", uuid.uuid4().hex)
+        )
 
     def release(self, reservation: Reservation) -> bool:
         self.released += 1
