@@ -323,6 +323,16 @@ def test_lone_object_restores_with_format_and_compression_read_from_its_bytes(
     _assert_same_data(source_url, empty_database_url)
 
 
+def test_path_to_the_manifest_restores_the_whole_export(
+    source_url: str, empty_database_url: str, tmp_path: Path
+) -> None:
+    manifest = _export(source_url, LocalStore(tmp_path), "csv", "gzip", shard_rows=SHARD_ROWS)
+    report = _restore(empty_database_url, str(tmp_path / "manifest.json"))
+    assert report.verified
+    assert report.objects == len(manifest.objects) > 1
+    _assert_same_data(source_url, empty_database_url)
+
+
 def test_export_without_system_fields_needs_derived_object_keys(
     source_url: str, database_url: str, tmp_path: Path
 ) -> None:
