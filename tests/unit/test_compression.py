@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import random
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -13,7 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.compression import detect_compression, iter_decompressed, open_codec
-from pipelines.compression.frames import GZIP_PAD_MAX_BYTES, GZIP_PAD_MIN_BYTES
+from pipelines.compression.frames import (
+    DEFAULT_GZIP_LEVEL,
+    GZIP_PAD_MAX_BYTES,
+    GZIP_PAD_MIN_BYTES,
+    MAX_GZIP_LEVEL,
+    MIN_GZIP_LEVEL,
+    GzipCodec,
+)
 from pipelines.errors import PermanentError
 from pipelines.parts import iter_parts
 
@@ -147,7 +159,129 @@ def test_compression_is_detected_from_magic_bytes() -> None:
     assert detect_compression(b"") == "none"
 
 
-@pytest.mark.parametrize(("compression", "level"), [("gzip", 10), ("zstd", 23), ("brotli", 1)])
+@pytest.mark.parametrize(
+    ("compression", "level"), [("gzip", -1), ("gzip", 4), ("gzip", 6), ("zstd", 23), ("brotli", 1)]
+)
 def test_invalid_compression_settings_are_refused(compression: str, level: int) -> None:
     with pytest.raises(PermanentError):
         open_codec(compression, level)
+
+
+def test_gzip_level_error_names_the_isal_range() -> None:
+    with pytest.raises(PermanentError, match="between 0 and 3"):
+        open_codec("gzip", 9)
+    assert (MIN_GZIP_LEVEL, DEFAULT_GZIP_LEVEL, MAX_GZIP_LEVEL) == (0, 3, 3)
+
+
+GZIP_LEVELS = list(range(MIN_GZIP_LEVEL, MAX_GZIP_LEVEL + 1))
+UNIT = 16 * 1024  # what the parts stage feeds per compress call
+
+
+def hard_inputs(size: int) -> Iterator[tuple[str, bytes]]:
+    """Yield inputs that deflate badly: noise, noise over long codes, noise between runs."""
+    rng = random.Random(size)
+    yield "random", rng.randbytes(size)
+    # ISA-L's fixed table (level 0) codes bytes 129-159 with its longest, 11-bit codes.
+    yield "long codes", bytes(rng.randrange(129, 160) for _ in range(size))
+    mixed = bytearray()
+    while len(mixed) < size:
+        if rng.random() < 0.5:
+            mixed += rng.randbytes(rng.randint(1, 3000))
+        else:
+            mixed += bytes([rng.randrange(256)]) * rng.randint(1, 3000)
+    yield "mixed", bytes(mixed[:size])
+
+
+def segment_sizes(codec: GzipCodec, data: bytes, segment: int) -> list[tuple[int, int]]:
+    """Compress `data` as one member flushed every `segment` bytes; return (in, out) per segment."""
+    codec.start()
+    sizes = []
+    for start in range(0, max(len(data), 1), segment):
+        piece = data[start : start + segment]
+        out = sum(len(codec.compress(piece[i : i + UNIT])) for i in range(0, len(piece), UNIT))
+        last = start + segment >= len(data)
+        out += len(codec.finish() if last else codec.flush())
+        sizes.append((len(piece), out))
+    return sizes
+
+
+@pytest.mark.parametrize("level", GZIP_LEVELS)
+def test_gzip_bound_covers_incompressible_input_at_every_level(level: int) -> None:
+    codec = GzipCodec(level)
+    checked = 0
+    for size in (0, 1, 100, 5000, UNIT, 200_000, 1_100_000):
+        for kind, data in hard_inputs(size):
+            for segment in (size or 1, 1000, UNIT, 70_000):
+                for fed, out in segment_sizes(codec, data, segment):
+                    assert out <= codec.bound(fed), (kind, size, segment, fed, out)
+                    checked += 1
+    assert checked > 100
+
+
+def test_gzip_bound_is_tight_enough_to_waste_little_of_a_part() -> None:
+    noise = random.Random(3).randbytes(UNIT)
+    for level in GZIP_LEVELS:
+        codec = GzipCodec(level)
+        ((fed, out),) = segment_sizes(codec, noise, UNIT)
+        # The bound decides where a part ends: slack beyond the real output becomes padding.
+        assert codec.bound(fed) - out < (UNIT if level == 0 else UNIT // 32), level
+
+
+def gzip_parts(level: int, lines: list[bytes], part_size: int) -> list[bytes]:
+    chunks = [Chunk(line, i, 1) for i, line in enumerate(lines)]
+    return [
+        p.data for p in iter_parts(chunks, compression="gzip", level=level, part_size=part_size)
+    ]
+
+
+def csv_lines(count: int) -> list[bytes]:
+    return [
+        f"{i},user{i % 97}@example.com,path/{i}/\u00e9t\u00e9.csv\n".encode() for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("level", GZIP_LEVELS)
+def test_gzip_output_is_the_same_bytes_on_every_run(level: int) -> None:
+    lines = csv_lines(20_000)
+    first = gzip_parts(level, lines, 64 * 1024)
+    assert gzip_parts(level, lines, 64 * 1024) == first
+    assert len(first) > 2
+
+
+def test_gzip_output_is_the_same_bytes_in_a_fresh_process() -> None:
+    script = (
+        "import hashlib, sys\n"
+        "from tests.unit.test_compression import csv_lines, gzip_parts\n"
+        "for level in range(4):\n"
+        "    parts = gzip_parts(level, csv_lines(20_000), 64 * 1024)\n"
+        "    print(hashlib.sha256(b''.join(parts)).hexdigest())\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root
+    )
+    here = [
+        hashlib.sha256(b"".join(gzip_parts(level, csv_lines(20_000), 64 * 1024))).hexdigest()
+        for level in GZIP_LEVELS
+    ]
+    assert child.stdout.split() == here
+
+
+@pytest.mark.parametrize("level", GZIP_LEVELS)
+@pytest.mark.skipif(shutil.which("gzip") is None, reason="needs the gzip tool")
+def test_gzip_tool_and_python_read_every_level_whole_and_part_by_part(level: int) -> None:
+    lines = [*csv_lines(6000), random.Random(level).randbytes(30_000), *csv_lines(3000)]
+    parts = gzip_parts(level, lines, 16 * 1024)
+    assert len(parts) > 4
+    expected = b"".join(lines)
+    whole = b"".join(parts)
+    result = subprocess.run(["gzip", "-dc"], input=whole, capture_output=True, check=True)
+    assert result.stdout == expected
+    assert gzip.decompress(whole) == expected
+    alone = [gzip.decompress(part) for part in parts]
+    assert b"".join(alone) == expected
+    tool = [
+        subprocess.run(["gzip", "-dc"], input=p, capture_output=True, check=True).stdout
+        for p in parts
+    ]
+    assert tool == alone
