@@ -39,14 +39,9 @@ from api.resources.exports import (
 from api.resources.health import Check, HealthResource, ReadyResource
 from api.resources.metrics import MetricsResource
 from api.resources.openapi import OpenApiResource
-from api.resources.schedules import (
-    ProcessScheduledResource,
-    ScheduleRequestResource,
-    ScheduleRequestsResource,
-    ScheduleResource,
-    SchedulesResource,
-    ScheduleStateResource,
-)
+from api.resources.schedule_requests import ScheduleRequestResource, ScheduleRequestsResource
+from api.resources.scheduler_trigger import ProcessScheduledResource
+from api.resources.schedules import ScheduleResource, SchedulesResource, ScheduleStateResource
 from api.resources.stats import StatsResource
 from api.submission import ExportSubmitter, Limiter
 from pipelines.settings import Settings

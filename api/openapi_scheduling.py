@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.resources.schedules import MAX_PAGE_SIZE, PRIORITIES
+from api.resources.schedule_shared import MAX_PAGE_SIZE, PRIORITIES
 from pipelines.options import COMPRESSIONS, FORMATS
 
 Schema = dict[str, Any]

@@ -1,0 +1,108 @@
+"""What one-off requests and recurring schedules share: limits, paging, ids, creation checks.
+
+Both kinds of scheduled export validate type, format, options and priority the same way and are
+authorized and rate-limited at creation by `ExportCreation`; this module holds no routes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final, Literal
+
+import falcon
+import psycopg
+
+from api.auth import Principal
+from api.database import Database
+from api.payloads import check_params, int_param
+from api.problems import ProblemError, invalid_request
+from api.queries import user_exists
+from api.schedule_policy import authorize_scheduled_export, check_rate_limit
+from api.submission import Limiter
+from pipelines.options import InvalidOptionsError, parse_options
+from pipelines.settings import Settings
+
+EXPORT_TYPES: Final[dict[str, Literal["user", "bulk"]]] = {"user_data": "user", "bulk": "bulk"}
+PRIORITIES: Final = ("low", "normal", "high")
+PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 200
+NOT_FOUND: Final = "No scheduled export with this id."
+
+
+def iso_time(value: datetime | None) -> str | None:
+    """Return the ISO 8601 text of a timestamp, or None."""
+    return value.isoformat() if value is not None else None
+
+
+def parse_id(raw: str) -> uuid.UUID:
+    """Return the id from a path segment; a malformed one answers 404 like an unknown one."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError as exc:
+        raise ProblemError("not-found", NOT_FOUND) from exc
+
+
+class ExportCreation:
+    """What both kinds of creation share: type, options, priority, authorization."""
+
+    def __init__(self, database: Database, limiter: Limiter, settings: Settings) -> None:
+        self._database = database
+        self._limiter = limiter
+        self._settings = settings
+
+    def checked(
+        self, body: dict[str, Any], problems: dict[str, str], template: Mapping[str, Any] | None
+    ) -> tuple[Literal["user", "bulk"], Any, str]:
+        """Return (export type, options, priority) from the body, recording problems."""
+        raw_type = body.get("exportType", "user_data")
+        export_type = EXPORT_TYPES.get(raw_type) if isinstance(raw_type, str) else None
+        if export_type is None:
+            problems["exportType"] = "must be user_data or bulk"
+        priority = body.get("priority", "normal")
+        if priority not in PRIORITIES:
+            problems["priority"] = f"must be one of {', '.join(PRIORITIES)}"
+        fmt = body.get("format", template["format"] if template else None)
+        raw_options = body.get("options")
+        if raw_options is None and template is not None:
+            raw_options = {**template["options"], "compression": template["compression"]}
+        options = None
+        try:
+            options = parse_options(
+                fmt,
+                raw_options,
+                default_compression=self._settings.export_default_compression,
+                compression_enabled=self._settings.export_compression_enabled,
+            )
+        except InvalidOptionsError as exc:
+            problems.update(exc.problems)
+        return export_type or "user", options, str(priority)
+
+    def authorize(
+        self, conn: psycopg.Connection[Any], principal: Principal, options: Any, *, bulk: bool
+    ) -> None:
+        """Raise 403 or 429 unless the principal may schedule this export now."""
+        if not user_exists(conn, principal.user_id):
+            raise ProblemError("forbidden", "This account has no data to export.")
+        grant = authorize_scheduled_export(conn, principal, options, bulk=bulk)
+        check_rate_limit(self._limiter, principal, grant)
+
+
+def stored_options(body_options: Any, compression: str) -> dict[str, Any]:
+    """Return the options as stored: the body's own, with the effective compression."""
+    stored = dict(body_options) if isinstance(body_options, Mapping) else {}
+    stored["compression"] = compression
+    return stored
+
+
+def page_params(req: falcon.Request) -> tuple[int, int]:
+    """Return (limit, offset) from the query string, or raise 400."""
+    params = check_params(req, frozenset({"limit", "offset"}))
+    problems: dict[str, str] = {}
+    limit = int_param(params, "limit", default=PAGE_SIZE, low=1, high=MAX_PAGE_SIZE,
+                      problems=problems)  # fmt: skip
+    offset = int_param(params, "offset", default=0, low=0, high=100_000, problems=problems)
+    if problems:
+        raise invalid_request(problems)
+    return limit, offset
