@@ -22,7 +22,7 @@ from api.auth import (
 )
 from api.database import Database, ThreadLocalDatabase
 from api.dispatch import Dispatcher
-from api.metrics import ApiMetrics, MetricsMiddleware
+from api.metrics import ApiMetrics, MetricsMiddleware, storage_used_bytes
 from api.middleware import BodyLimitMiddleware, ContentTypeMiddleware, RequestContextMiddleware
 from api.objects import ObjectStore, S3ObjectStore
 from api.openapi import build_spec
@@ -140,6 +140,7 @@ def get_app(environ: Mapping[str, str] | None = None) -> App:
     from pipelines.storage.client import s3_client_from_settings
     from workers.broker import create_broker
     from workers.dispatch import Dispatcher as BrokerDispatcher
+    from workers.queue_stats import queue_reader
 
     # The entry point: the one place the API reads the environment.
     settings = Settings.from_env(os.environ if environ is None else environ)  # noqa: TID251
@@ -156,6 +157,10 @@ def get_app(environ: Mapping[str, str] | None = None) -> App:
         with database.transaction() as conn:
             return health_metrics(conn)
 
+    def read_storage() -> int:
+        with database.transaction() as conn:
+            return storage_used_bytes(conn)
+
     broker_dispatcher = BrokerDispatcher(create_broker(settings.effective_broker_url))
     deps = AppDeps(
         settings=settings,
@@ -170,7 +175,12 @@ def get_app(environ: Mapping[str, str] | None = None) -> App:
             "broker": broker_check(settings.effective_broker_url),
             "rateLimiter": redis_check(redis_client),
         },
-        metrics=ApiMetrics(read_health),
+        # Backlog gauges come from the API only, so workers scaling out do not multiply them.
+        metrics=ApiMetrics(
+            read_health,
+            read_queues=queue_reader(settings.effective_broker_url),
+            read_storage=read_storage,
+        ),
         scheduler=scheduler_for(settings, queue=broker_dispatcher, limiter=limiter),
     )
     return create_app(deps)

@@ -10,13 +10,14 @@ figures in its own queues: read them with its management tools.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 import redis
 
+from pipelines.errors import RetryableError
 from workers import dispatch
 
 NAMESPACE: Final = "dramatiq"  # Dramatiq's RedisBroker default
@@ -31,6 +32,10 @@ KNOWN_QUEUES: Final = (
 # Keys per SCAN step when looking for queues the project does not name: a broker holds a few
 # keys per queue, so one or two steps do.
 SCAN_COUNT: Final = 500
+# Seconds Redis may take to answer a reading before the reader says the broker is down: a
+# scrape must answer well within Prometheus's 10 s default scrape timeout.
+READ_TIMEOUT_SECONDS: Final = 2.0
+REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 DELAY_SUFFIX: Final = ".DQ"
 DEAD_SUFFIX: Final = ".XQ"
 
@@ -45,6 +50,23 @@ class QueueStats:
     delayed: int
     dead: int
     oldest_ready_seconds: float | None
+
+
+def queue_reader(url: str) -> Callable[[], list[QueueStats]] | None:
+    """Return a reader of the project's queues on the Redis broker at `url` (None if not Redis)."""
+    if not url.startswith(REDIS_SCHEMES):
+        return None
+    client = redis.Redis.from_url(
+        url, socket_timeout=READ_TIMEOUT_SECONDS, socket_connect_timeout=READ_TIMEOUT_SECONDS
+    )
+
+    def read() -> list[QueueStats]:
+        try:
+            return inspect_queues(client, KNOWN_QUEUES)
+        except redis.RedisError as exc:
+            raise RetryableError(f"the broker did not answer: {type(exc).__name__}") from exc
+
+    return read
 
 
 def all_queues(client: redis.Redis) -> list[str]:

@@ -17,7 +17,14 @@ import redis
 from exportctl.environment import load_settings
 from exportctl.output import Table, print_table
 from pipelines.errors import PermanentError, RetryableError
-from workers.queue_stats import NAMESPACE, all_queues, inspect_queues, message, text
+from workers.queue_stats import (
+    NAMESPACE,
+    REDIS_SCHEMES,
+    all_queues,
+    inspect_queues,
+    message,
+    text,
+)
 
 __all__ = ["all_queues", "inspect_queues", "register", "requeue_dead", "run"]
 
@@ -44,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the queues; move dead letters back first when asked."""
     settings = load_settings()
     url = settings.effective_broker_url
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith(REDIS_SCHEMES):
         raise PermanentError("exportctl queues reads Redis brokers; for RabbitMQ use its tools")
     client = redis.Redis.from_url(
         url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
