@@ -7,7 +7,9 @@ A later attempt that finds an open upload continues after the last resumable rec
 `S3MultipartSink.resume`: frames end at part boundaries, so the tail is byte for byte what the
 first run would have written. A resumed run saw only the tail, so its digests come from reading
 the finished object back (`digest_stored`). A worker that finds its lease taken stops without
-aborting the upload: the new holder is continuing it.
+aborting the upload: the new holder is continuing it. Right before the object is completed the
+lease is renewed once more, fenced by the token, so a worker fenced out after its last part never
+completes the upload its successor is resuming (nor overwrites the successor's object).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pipelines.storage.s3_sink import S3MultipartSink
 from pipelines.storage.sinks import Sink, SummaryFn, UploadedPart
 from pipelines.storage.stores import S3Store
 from workers.heartbeat import LeaseKeeper
-from workers.state import Lease, LeaseLostError, record_part, set_fields
+from workers.state import Lease, LeaseLostError, record_part, renew, set_fields
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -180,6 +182,16 @@ class PartLog:
         """Return whether a failure aborts the upload: not once another worker holds the lease."""
         return not (self.lease_lost or isinstance(error, LeaseLostError))
 
+    def confirm_lease(self) -> None:
+        """Renew the lease with one fenced query right before completion; raise if it is gone."""
+        try:
+            self._keeper.check()
+            # Renewing (not only reading) keeps the lease live for the completion call itself.
+            renew(self._conn, self._lease, lease_seconds=self._lease_seconds)
+        except LeaseLostError:
+            self.lease_lost = True
+            raise
+
     def part_stored(self, part: UploadedPart) -> None:
         """Record one stored part of the current multipart upload."""
         try:
@@ -305,7 +317,7 @@ def _sink(
     summary: SummaryFn | None = None,
     on_upload_started: Callable[[str], None] | None = None,
 ) -> S3MultipartSink:
-    """Return the object's multipart sink, which leaves the upload open once the lease is lost."""
+    """Return the object's sink: it completes only under the lease, and never aborts once lost."""
     return S3MultipartSink(
         job.s3,
         bucket=job.store.bucket,
@@ -316,6 +328,7 @@ def _sink(
         summary=summary,
         on_upload_started=on_upload_started,
         abort_on_error=log.should_abort,
+        before_complete=log.confirm_lease,
     )
 
 

@@ -6,7 +6,9 @@ A whole object that fits in one part goes up as a single PUT carrying its digest
 a multipart object gets its final digests in a `<key>.sha256` sidecar, since metadata is fixed at
 CreateMultipartUpload. Any failure, KeyboardInterrupt or generator close aborts the upload, unless
 the caller's `abort_on_error` says the upload now belongs to someone else (a worker fenced out by
-a new lease holder must leave the upload that holder is resuming).
+a new lease holder must leave the upload that holder is resuming). Right before the object becomes
+visible (CompleteMultipartUpload, or the single PUT) the caller's `before_complete` runs: when it
+raises, the sink neither completes nor aborts, and leaves the upload to its new owner.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class S3MultipartSink:
         sidecar: bool = True,
         on_upload_started: Callable[[str], None] | None = None,
         abort_on_error: Callable[[BaseException], bool] | None = None,
+        before_complete: Callable[[], None] | None = None,
     ) -> None:
         if not min_part_size <= part_size <= MAX_PART_SIZE_BYTES:
             raise PermanentError(
@@ -82,6 +85,7 @@ class S3MultipartSink:
         self._sidecar = sidecar
         self._on_upload_started = on_upload_started
         self._abort_on_error = abort_on_error
+        self._before_complete = before_complete
 
     @property
     def location(self) -> str:
@@ -164,7 +168,13 @@ class S3MultipartSink:
                 uploaded.append(done)
                 size += len(part.data)
                 yield done
-            listing = [{"PartNumber": p.number, "ETag": p.etag} for p in uploaded]
+        except BaseException as error:
+            # GeneratorExit too: a consumer that stops early closes this generator.
+            self._abort_unless_handed_over(upload_id, error)
+            raise
+        self._check_before_complete(f"upload {upload_id}")
+        listing = [{"PartNumber": p.number, "ETag": p.etag} for p in uploaded]
+        try:
             answer = self._call(
                 "CompleteMultipartUpload",
                 lambda: self._client.complete_multipart_upload(
@@ -175,7 +185,6 @@ class S3MultipartSink:
                 ),
             )
         except BaseException as error:
-            # GeneratorExit too: a consumer that stops early closes this generator.
             self._abort_unless_handed_over(upload_id, error)
             raise
         sha256 = digest.hexdigest() if digest is not None else None
@@ -216,6 +225,7 @@ class S3MultipartSink:
         metadata = dict(self._metadata)
         if self._summary is not None:
             metadata.update(summary_metadata(self._summary()))
+        self._check_before_complete("single PUT")
         answer = self._call(
             "PutObject",
             lambda: self._client.put_object(
@@ -284,6 +294,22 @@ class S3MultipartSink:
             MaxParts=LIST_PARTS_PAGE,
             PartNumberMarker=marker,
         )
+
+    def _check_before_complete(self, what: str) -> None:
+        """Run the caller's last check; if it raises, leave the object unwritten and re-raise."""
+        if self._before_complete is None:
+            return
+        try:
+            self._before_complete()
+        except BaseException as error:
+            logger.warning(
+                "did not complete %s of %s (%s: %s); left as it is for its owner",
+                what,
+                self.location,
+                type(error).__name__,
+                error,
+            )
+            raise
 
     def _abort_unless_handed_over(self, upload_id: str, error: BaseException) -> None:
         """Abort after `error` unless `abort_on_error` says another owner continues the upload."""

@@ -1,7 +1,8 @@
 """Taking over a job from another worker: who keeps the multipart upload, and what gets rewritten.
 
 A worker fenced out by a new lease holder must leave the upload open for that holder, which
-resumes it; a redelivered user export starts again on a fresh snapshot instead of resuming.
+resumes it, and must not complete it even when it is fenced out after its last part; a
+redelivered user export starts again on a fresh snapshot instead of resuming.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from pipelines.storage.client import s3_client_from_settings
 from pipelines.storage.reader import iter_object_bytes
 from pipelines.storage.s3_sink import S3MultipartSink
 from pipelines.storage.stores import LocalStore
-from workers import bulk
+from workers import bulk, resume
 from workers.attempt import Outcome
 from workers.config import WorkerSettings
 from workers.heartbeat import LeaseKeeper
 from workers.rows import header_from_row, options_from_row
 from workers.runtime import Runtime
-from workers.state import claim
+from workers.state import LeaseLostError, claim
 from workers.user_export import run_user_export
 from workers.verification import run_verification
 
@@ -132,6 +133,41 @@ def test_sink_aborts_on_close_unless_told_the_upload_has_a_new_owner(
     assert (started[0] in _open_uploads(runtime.s3, bucket)) is left_open
 
 
+@pytest.mark.parametrize("parts", [1, 3])
+def test_sink_neither_completes_nor_aborts_when_the_check_before_completion_fails(
+    runtime: Runtime, parts: int
+) -> None:
+    bucket = runtime.settings.s3_bucket
+    key = f"exports/x/object-{parts}.bin"
+    started: list[str] = []
+    checks: list[str] = []
+
+    def fenced_out() -> None:
+        checks.append("checked")
+        raise LeaseLostError("export x: fencing token 1 no longer holds the lease")
+
+    sink = S3MultipartSink(
+        runtime.s3,
+        bucket=bucket,
+        key=key,
+        part_size=PART,
+        content_type="application/octet-stream",
+        on_upload_started=started.append,
+        before_complete=fenced_out,
+    )
+    with pytest.raises(LeaseLostError):
+        sink.write(_parts(parts))
+
+    assert checks == ["checked"]
+    assert "Contents" not in runtime.s3.list_objects_v2(Bucket=bucket, Prefix=key)
+    # A multipart upload stays open with every part for whoever holds the lease now.
+    assert _open_uploads(runtime.s3, bucket) == set(started)
+    if started:
+        listed = runtime.s3.list_parts(Bucket=bucket, Key=key, UploadId=started[0])
+        assert [part["PartNumber"] for part in listed["Parts"]] == list(range(1, parts + 1))
+        runtime.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=started[0])
+
+
 class StealingKeeper(LeaseKeeper):
     """A lease keeper whose lease another worker takes after the first stored part."""
 
@@ -195,6 +231,80 @@ def test_worker_that_loses_its_lease_leaves_the_upload_to_the_new_owner(
             limits=ExportLimits(part_size=PART, max_size=None),
         )  # fmt: skip
     assert reference.digests.stored_bytes > 2 * PART
+    assert stored.hexdigest() == done["sha256"] == reference.digests.stored_sha256
+    assert _open_uploads(runtime.s3, bucket) == set()
+
+
+def test_worker_fenced_out_after_its_last_part_does_not_complete_and_its_successor_does(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = runtime.settings.database_url
+    with connect(url) as conn:
+        seed_database(conn, users=300, max_files=200, files=40_000, seed=5)
+        conn.commit()
+    export_id = _create(runtime, "bulk", "csv")
+    outcome, holder = bulk.run_plan(runtime, export_id)
+    assert outcome is Outcome.COMPLETED
+    assert holder is not None
+    [(_, shard_id)] = runtime.queue.shards  # type: ignore[attr-defined]
+    confirm = resume.PartLog.confirm_lease
+    fenced: list[int] = []
+
+    def taken_just_before_completion(log: resume.PartLog) -> None:
+        # Another worker claims the shard after every part is stored and recorded.
+        with connect(url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE export_shards SET fencing_token = fencing_token + 1,"
+                " lease_owner = 'newcomer', lease_expires_at = now() - interval '1 second'"
+                " WHERE id = %s",
+                (shard_id,),
+            )
+            fenced.append(
+                conn.execute(
+                    "SELECT count(*) FROM export_upload_parts WHERE shard_id = %s", (shard_id,)
+                ).fetchone()[0]  # type: ignore[index]
+            )
+        confirm(log)
+
+    monkeypatch.setattr(resume.PartLog, "confirm_lease", taken_just_before_completion)
+
+    assert bulk.run_shard(runtime, export_id, shard_id) is Outcome.FAILED  # fenced out
+
+    bucket = runtime.settings.s3_bucket
+    shard = _row(runtime, "export_shards", shard_id)
+    upload = shard["multipart_upload_id"]
+    assert shard["status"] == "running"
+    assert shard["lease_owner"] == "newcomer"
+    assert fenced[0] > 2  # every part was stored before the lease was taken
+    [open_upload] = runtime.s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    assert open_upload["UploadId"] == upload  # neither completed nor aborted
+    assert "Contents" not in runtime.s3.list_objects_v2(Bucket=bucket, Prefix=open_upload["Key"])
+    monkeypatch.setattr(resume.PartLog, "confirm_lease", confirm)
+
+    assert bulk.run_shard(runtime, export_id, shard_id) is Outcome.COMPLETED
+
+    holder.join(timeout=30)
+    done = _row(runtime, "export_shards", shard_id)
+    export = _row(runtime, "data_exports", export_id)
+    assert export["status"] == "completed"
+    assert done["object_key"] == open_upload["Key"]
+    with connect(url) as conn:
+        entries = export_logs(conn, export_id)
+    resumed = [entry for entry in entries if entry["event"] == "export.resumed"]
+    assert len(resumed) == 1
+    # The successor continues the same upload after the last resumable recorded part.
+    assert resumed[0]["details"]["upload_id"] == upload
+    assert 0 < resumed[0]["details"]["parts_kept"] <= fenced[0]
+    stored = hashlib.sha256()
+    for blob in iter_object_bytes(runtime.s3, bucket=bucket, key=done["object_key"]):
+        stored.update(blob)
+    options = options_from_row(export)
+    with connect(url) as conn:
+        reference = export_shard(
+            conn, number=1, users=UserRange(), header=header_from_row(export, options),
+            options=options, store=LocalStore(tmp_path / "ref"),
+            limits=ExportLimits(part_size=PART, max_size=None),
+        )  # fmt: skip
     assert stored.hexdigest() == done["sha256"] == reference.digests.stored_sha256
     assert _open_uploads(runtime.s3, bucket) == set()
 
