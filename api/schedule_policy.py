@@ -24,7 +24,8 @@ from pipelines.database import connect
 from pipelines.errors import RetryableError
 from pipelines.options import ExportOptions
 from pipelines.settings import Settings
-from workers.scheduling.firing import Admission, ExportQueue, Firing, PassConfig, Scheduler
+from workers.scheduling.contracts import Admission, ExportQueue, Firing, PassConfig
+from workers.scheduling.firing import Scheduler
 
 logger = logging.getLogger(__name__)
 

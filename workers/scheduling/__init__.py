@@ -6,8 +6,7 @@ the caller's clock), `claims` holds the SQL, `firing` runs one pass, `process` l
 
 from __future__ import annotations
 
-from workers.scheduling.cron import CronError, CronSpec, parse_cron
-from workers.scheduling.firing import (
+from workers.scheduling.contracts import (
     Admission,
     AdmitAll,
     ExportQueue,
@@ -16,8 +15,9 @@ from workers.scheduling.firing import (
     FiringPolicy,
     PassConfig,
     PassReport,
-    Scheduler,
 )
+from workers.scheduling.cron import CronError, CronSpec, parse_cron
+from workers.scheduling.firing import Scheduler
 from workers.scheduling.occurrences import (
     Due,
     ZoneError,

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Final, Protocol
 
 from pipelines.errors import RetryableError
-from workers.scheduling.firing import PassReport
+from workers.scheduling.contracts import PassReport
 
 logger = logging.getLogger(__name__)
 
