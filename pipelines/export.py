@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Final, TypeVar
@@ -122,22 +122,11 @@ def write_object(
     encoder = ENCODERS[options.format]
     tracker = DigestTracker(compression=options.compression)
 
-    def counted(chunks: Iterable[Chunk]) -> Iterable[Chunk]:
-        # A part's resume point carries the chunk's cursor; pack the serializer's own resume
-        # state beside the source position so one cursor restarts both.
-        for chunk in chunks:
-            if chunk.resume is not None:
-                counts.update(chunk.resume.counts)
-            if chunk.cursor is None:
-                yield chunk
-            else:
-                yield replace(chunk, cursor=ExportCursor(chunk.cursor, chunk.resume))
-
     prefetched = handed_off(batches, depth=PREFETCH_BATCHES)
     chunks = encoder(
         prefetched, tables=tables, header=header, include_metadata=options.include_metadata
     )
-    handoff = handed_off(counted(chunks))
+    handoff = handed_off(with_export_cursors(chunks, counts))
     parts = iter_parts(
         tracker.chunks(handoff),
         compression=options.compression,
@@ -178,6 +167,21 @@ def write_object(
         part_size=part_size,
         seconds=seconds,
     )
+
+
+def with_export_cursors(chunks: Iterable[Chunk], counts: dict[str, int]) -> Iterator[Chunk]:
+    """Pack each chunk's serializer state beside its source cursor, keeping `counts` current.
+
+    A part's resume point carries the cursor of the chunk it ends after; with the serializer's
+    own resume state packed beside the source position, one cursor restarts both.
+    """
+    for chunk in chunks:
+        if chunk.resume is not None:
+            counts.update(chunk.resume.counts)
+        if chunk.cursor is None:
+            yield chunk
+        else:
+            yield replace(chunk, cursor=ExportCursor(chunk.cursor, chunk.resume))
 
 
 def handed_off(items: Iterable[T], *, depth: int = HANDOFF_CHUNKS) -> Generator[T, None, None]:

@@ -24,12 +24,12 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pipelines.digests import digest_stored
-from pipelines.export import ExportCursor, WrittenObject, write_object
+from pipelines.export import ExportCursor, WrittenObject, with_export_cursors, write_object
 from pipelines.manifest import content_type
 from pipelines.options import ExportOptions
 from pipelines.parts import Part, ResumePoint, iter_parts
 from pipelines.records import ExportHeader, RowBatch, export_tables
-from pipelines.serializers import ENCODERS, Chunk
+from pipelines.serializers import ENCODERS
 from pipelines.serializers import ResumePoint as SerializerPoint
 from pipelines.sources import SourcePosition
 from pipelines.storage.reader import iter_object_bytes
@@ -274,7 +274,7 @@ def write_resumed(
         resume=serializer,
     )
     parts = iter_parts(
-        _with_cursors(chunks, counts),
+        with_export_cursors(chunks, counts),
         compression=job.options.compression,
         level=job.level,
         part_size=job.part_size,
@@ -330,17 +330,6 @@ def _sink(
         abort_on_error=log.should_abort,
         before_complete=log.confirm_lease,
     )
-
-
-def _with_cursors(chunks: Iterable[Chunk], counts: dict[str, int]) -> Iterator[Chunk]:
-    """Pack each chunk's serializer state beside its source cursor, as `write_object` does."""
-    for chunk in chunks:
-        if chunk.resume is not None:
-            counts.update(chunk.resume.counts)
-        if chunk.cursor is None:
-            yield chunk
-        else:
-            yield replace(chunk, cursor=ExportCursor(chunk.cursor, chunk.resume))
 
 
 def _counted(parts: Iterable[Part], tail: dict[str, int]) -> Iterator[Part]:
