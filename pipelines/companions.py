@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipelines.manifest import Manifest, ManifestObject
-from pipelines.verification import (
+from pipelines.verification_problems import (
     MANIFEST_TOTALS_MISMATCH,
     SHA256SUMS_MISMATCH,
     SIDECAR_MISMATCH,

@@ -27,7 +27,7 @@ from pipelines.errors import ExportError, RetryableError
 from pipelines.records import Record, Table
 from pipelines.storage.reader import iter_object_bytes
 from pipelines.storage.s3_errors import translate_s3_error
-from pipelines.verification import Problem
+from pipelines.verification_problems import Problem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -30,13 +30,13 @@ from pipelines.manifest import (
 )
 from pipelines.records import Record
 from pipelines.storage.sinks import SIDECAR_SUFFIX
-from pipelines.verification import (
+from pipelines.verification import check_object
+from pipelines.verification_problems import (
     MANIFEST_INVALID,
     MANIFEST_MISSING,
     OBJECT_MISSING,
     SHA256SUMS_MISSING,
     Problem,
-    check_object,
 )
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from pipelines.locations import LocalLocation, S3Location, open_location
 from pipelines.options import parse_options
 from pipelines.runner import ExportLimits, export_all, export_user
 from pipelines.storage.stores import LocalStore, S3Store
-from pipelines.verification import (
+from pipelines.verification_problems import (
     OBJECT_MISSING,
     OBJECT_TRUNCATED,
     SHA256_MISMATCH,

@@ -35,7 +35,8 @@ from pipelines.manifest import (
 from pipelines.options import ExportOptions
 from pipelines.records import Record, Row, RowBatch, export_tables
 from pipelines.storage.sinks import LocalFileSink
-from pipelines.verification import (
+from pipelines.verification import check_object, verify_object
+from pipelines.verification_problems import (
     COMPRESSION_CORRUPT,
     CONTENT_SHA256_MISMATCH,
     FORMAT_CORRUPT,
@@ -50,8 +51,6 @@ from pipelines.verification import (
     TRAILER_COUNT_MISMATCH,
     TRAILER_MISSING,
     Problem,
-    check_object,
-    verify_object,
 )
 from pipelines.verifier import VerificationReport, verify_export
 
