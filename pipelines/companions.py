@@ -1,7 +1,7 @@
 """Checks of an export's companion files against its manifest: totals, SHA256SUMS, sidecars.
 
 Pure functions over bytes already read; each returns every problem it finds as a `Problem` with
-a stable code from `pipelines.verification`. Reading the files is the location's job.
+a stable code from `pipelines.verification_problems`. Reading the files is the location's job.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The scheduler: one-off requests and cron schedules fired exactly once by any number of replicas.
 
 `cron` parses expressions, `occurrences` turns them into instants in a time zone (pure, driven by
-the caller's clock), `claims` holds the SQL, `firing` runs one pass, `process` loops over passes.
+the caller's clock), `claims` holds the SQL, `contracts` the pass's types and protocols, `firing`
+runs one pass, `process` loops over passes.
 """
 
 from __future__ import annotations
