@@ -19,7 +19,7 @@ from exportctl.devstack.errors import StackError
 ACCESS_KEY_BYTES = 10
 # 30 random bytes give a 40-character secret, as long as an AWS secret key.
 SECRET_KEY_BYTES = 30
-# 48 random bytes give 64 URL-safe characters: above the 48 the brief asks for and RFC 7518's 32.
+# 48 random bytes give 64 URL-safe characters: well above the 32 that RFC 7518 asks for HS256.
 JWT_SECRET_BYTES = 48
 S3_ACTIONS = ("Admin", "Read", "Write", "List", "Tagging")
 
