@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psycopg
+import redis
 from psycopg.rows import dict_row
 
 from exportctl.seeding import seed_database
@@ -32,6 +34,31 @@ def as_url(conninfo: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(conninfo)
     user = info.get("user", "postgres")
     return f"postgresql://{user}@{info['host']}:{info['port']}/{info['dbname']}"
+
+
+def fresh_redis_url(redis_url: str) -> str:
+    """Return the URL of an emptied Redis database other than 0, for one test's broker."""
+    url = f"{redis_url.rsplit('/', 1)[0]}/{random.randint(1, 15)}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
+
+
+def worker_environment(
+    settings_env: dict[str, str], *, s3_bucket: str, redis_url: str, **extra: str
+) -> dict[str, str]:
+    """Return a worker process's environment: the test's database, bucket and own broker."""
+    return {
+        **settings_env,
+        "DATABASE_URL": as_url(settings_env["DATABASE_URL"]),
+        "REDIS_URL": fresh_redis_url(redis_url),
+        "S3_BUCKET": s3_bucket,
+        "LOG_FORMAT": "text",
+        **extra,
+    }
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import random
 import threading
 import time
 import urllib.request
@@ -16,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
-from worker_processes import as_url, free_port, seed
+from worker_processes import as_url, free_port, fresh_redis_url, seed
 
 from exportctl.api_client import ApiClient
 from exportctl.commands.token import mint_token
@@ -96,13 +94,6 @@ def running(
             "SELECT u.id::text FROM users u LEFT JOIN files f ON f.owner_id = u.id"
             " GROUP BY u.id ORDER BY count(f.id), u.id"
         ).fetchall()
-    db = random.randint(1, 15)
-    base = redis_url.rsplit("/", 1)[0]
-    client = redis.Redis.from_url(f"{base}/{db}")
-    try:
-        client.flushdb()
-    finally:
-        client.close()
     api_port, metrics_port = free_port(), free_port()
     env = with_bin_dir(
         {
@@ -110,7 +101,7 @@ def running(
             "HOME": str(tmp_path),
             **settings_env,
             "DATABASE_URL": database_url,
-            "REDIS_URL": f"{base}/{db}",
+            "REDIS_URL": fresh_redis_url(redis_url),
             "S3_BUCKET": s3_bucket,
             "EXPORT_MAX_SIZE": str(EXPORT_MAX_SIZE),
             "WEBHOOK_URL": receiver.url,

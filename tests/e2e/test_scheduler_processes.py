@@ -7,7 +7,6 @@ PostgreSQL, Redis and S3 server; workers are real `dramatiq` processes.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import time
@@ -19,7 +18,7 @@ from typing import IO, Any
 import orjson
 import pytest
 import redis
-from worker_processes import ROOT, Workers, as_url, seed, settled, wait_for
+from worker_processes import ROOT, Workers, seed, settled, wait_for, worker_environment
 
 from pipelines.database import connect
 
@@ -33,20 +32,9 @@ TEST_INTERVAL = "0.5"
 @pytest.fixture
 def scheduler_env(settings_env: dict[str, str], s3_bucket: str, redis_url: str) -> dict[str, str]:
     """Environment of schedulers and workers: a fresh database, bucket and Redis database."""
-    db = random.randint(1, 15)
-    base = redis_url.rsplit("/", 1)[0]
-    client = redis.Redis.from_url(f"{base}/{db}")
-    try:
-        client.flushdb()
-    finally:
-        client.close()
     return {
-        **settings_env,
-        "DATABASE_URL": as_url(settings_env["DATABASE_URL"]),
-        "REDIS_URL": f"{base}/{db}",
-        "S3_BUCKET": s3_bucket,
+        **worker_environment(settings_env, s3_bucket=s3_bucket, redis_url=redis_url),
         "EXPORT_RATE_LIMIT": "1000",
-        "LOG_FORMAT": "text",
         "dramatiq_queue_prefetch": "2",
     }
 

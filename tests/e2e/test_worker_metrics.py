@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import random
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
-from worker_processes import Workers, as_url, free_port, new_export, seed, settled, wait_for
+from worker_processes import (
+    Workers,
+    free_port,
+    new_export,
+    seed,
+    settled,
+    wait_for,
+    worker_environment,
+)
 
 from pipelines.settings import Settings
 from workers.broker import create_broker
@@ -27,23 +33,14 @@ LOOPBACK_HEX = "0100007F"
 def workers(
     settings_env: dict[str, str], s3_bucket: str, redis_url: str, tmp_path: Path
 ) -> Iterator[Workers]:
-    db = random.randint(1, 15)
-    base = redis_url.rsplit("/", 1)[0]
-    client = redis.Redis.from_url(f"{base}/{db}")
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    env = {
-        **settings_env,
-        "DATABASE_URL": as_url(settings_env["DATABASE_URL"]),
-        "REDIS_URL": f"{base}/{db}",
-        "S3_BUCKET": s3_bucket,
-        "LOG_FORMAT": "text",
-        "dramatiq_queue_prefetch": "2",
-        "dramatiq_prom_db": str(tmp_path / "metrics"),
-        "dramatiq_prom_port": str(free_port()),
-    }
+    env = worker_environment(
+        settings_env,
+        s3_bucket=s3_bucket,
+        redis_url=redis_url,
+        dramatiq_queue_prefetch="2",
+        dramatiq_prom_db=str(tmp_path / "metrics"),
+        dramatiq_prom_port=str(free_port()),
+    )
     started = Workers(env, tmp_path)
     try:
         yield started

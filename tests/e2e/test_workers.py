@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import signal
 import subprocess
 import time
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-import redis
+from worker_processes import worker_environment
 
 from exportctl.seeding import seed_database
 from pipelines.database import connect
@@ -51,33 +50,14 @@ RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 WAIT_SECONDS = 120.0
 
 
-def _url(conninfo: str) -> str:
-    if "://" in conninfo:
-        return conninfo
-    info = psycopg.conninfo.conninfo_to_dict(conninfo)
-    user = info.get("user", "postgres")
-    return f"postgresql://{user}@{info['host']}:{info['port']}/{info['dbname']}"
-
-
 @pytest.fixture
 def worker_env(settings_env: dict[str, str], s3_bucket: str, redis_url: str) -> dict[str, str]:
     """The environment of a worker process: a fresh database, bucket and Redis database."""
-    db = random.randint(1, 15)
-    base = redis_url.rsplit("/", 1)[0]
-    client = redis.Redis.from_url(f"{base}/{db}")
-    try:
-        client.flushdb()
-    finally:
-        client.close()
     return {
-        **settings_env,
-        "DATABASE_URL": _url(settings_env["DATABASE_URL"]),
-        "REDIS_URL": f"{base}/{db}",
-        "S3_BUCKET": s3_bucket,
+        **worker_environment(settings_env, s3_bucket=s3_bucket, redis_url=redis_url),
         "S3_PART_SIZE_BYTES": str(PART),
         "EXPORT_BULK_MAX_SIZE": str(1024**3),
         "WORKER_LEASE_SECONDS": "6",
-        "LOG_FORMAT": "text",
         "dramatiq_queue_prefetch": "2",
     }
 
