@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +22,10 @@ from pipelines.database import connect
 from pipelines.errors import ExportError
 from pipelines.jobs import NewExport, create_export
 from pipelines.options import parse_options
+from pipelines.settings import Settings
+from pipelines.storage.client import s3_client_from_settings
+from workers.config import WorkerSettings
+from workers.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 DRAMATIQ = ROOT / ".venv" / "bin" / "dramatiq"
@@ -167,3 +172,32 @@ def settled(row: dict[str, Any]) -> bool:
     return bool(row["status"] == "failed") or (
         row["status"] == "completed" and row["verification_status"] != "pending"
     )
+
+
+@dataclass
+class RecordingQueue:
+    """Collect the messages jobs send to other workers."""
+
+    shards: list[tuple[str, str]] = field(default_factory=list)
+    verifications: list[str] = field(default_factory=list)
+
+    def enqueue_shard(self, export_id: str, shard_id: str) -> None:
+        self.shards.append((export_id, shard_id))
+
+    def enqueue_verification(self, export_id: str) -> None:
+        self.verifications.append(export_id)
+
+
+def in_process_runtime(
+    settings_env: dict[str, str], *, s3_bucket: str, worker: WorkerSettings, **env: str
+) -> Runtime:
+    """Return a worker runtime for calling jobs in the test process, messages recorded."""
+    settings = Settings.from_env(
+        {
+            **settings_env,
+            "DATABASE_URL": as_url(settings_env["DATABASE_URL"]),
+            "S3_BUCKET": s3_bucket,
+            **env,
+        }
+    )
+    return Runtime(settings, worker, s3_client_from_settings(settings), RecordingQueue())

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import psycopg
 import pytest
+from worker_processes import in_process_runtime
 
 from exportctl.seeding import seed_database
 from pipelines.database import connect
 from pipelines.jobs import NewExport, create_export, export_logs
 from pipelines.options import parse_options
-from pipelines.settings import Settings
-from pipelines.storage.client import s3_client_from_settings
 from workers.attempt import Outcome
 from workers.bulk import run_plan, run_shard
 from workers.config import WorkerSettings
@@ -25,37 +22,15 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-@dataclass
-class RecordingQueue:
-    """Collect the messages jobs send to other workers."""
-
-    shards: list[tuple[str, str]] = field(default_factory=list)
-    verifications: list[str] = field(default_factory=list)
-
-    def enqueue_shard(self, export_id: str, shard_id: str) -> None:
-        self.shards.append((export_id, shard_id))
-
-    def enqueue_verification(self, export_id: str) -> None:
-        self.verifications.append(export_id)
-
-
-def database_as_url(conninfo: str) -> str:
-    """Return a libpq key=value string as the postgresql:// URL that Settings accepts."""
-    if "://" in conninfo:
-        return conninfo
-    info = psycopg.conninfo.conninfo_to_dict(conninfo)
-    auth = str(info.get("user", "postgres"))
-    return f"postgresql://{auth}@{info['host']}:{info['port']}/{info['dbname']}"
-
-
 @pytest.fixture
 def runtime(settings_env: dict[str, str], s3_client: S3Client, s3_bucket: str) -> Runtime:
-    env = {**settings_env, "S3_BUCKET": s3_bucket, "S3_PART_SIZE_BYTES": str(5 * 1024 * 1024)}
-    env["DATABASE_URL"] = database_as_url(settings_env["DATABASE_URL"])
-    env["EXPORT_BULK_MAX_SIZE"] = str(1024**3)
-    settings = Settings.from_env(env)
-    worker = WorkerSettings(lease_seconds=10, target_shard_rows=400)
-    return Runtime(settings, worker, s3_client_from_settings(settings), RecordingQueue())
+    return in_process_runtime(
+        settings_env,
+        s3_bucket=s3_bucket,
+        worker=WorkerSettings(lease_seconds=10, target_shard_rows=400),
+        S3_PART_SIZE_BYTES=str(5 * 1024 * 1024),
+        EXPORT_BULK_MAX_SIZE=str(1024**3),
+    )
 
 
 def _new_export(runtime: Runtime, export_type: str, fmt: str, compression: str) -> str:

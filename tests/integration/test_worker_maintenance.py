@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from worker_processes import RecordingQueue, in_process_runtime
 
 from exportctl.seeding import seed_database
 from pipelines.database import connect
 from pipelines.jobs import NewExport, create_export, export_logs
 from pipelines.options import parse_options
-from pipelines.settings import Settings
-from pipelines.storage.client import s3_client_from_settings
 from workers.attempt import Outcome
 from workers.config import WorkerSettings
 from workers.maintenance import (
@@ -35,40 +33,15 @@ if TYPE_CHECKING:
 PART = 5 * 1024 * 1024
 
 
-@dataclass
-class RecordingQueue:
-    """Collect the messages jobs send to other workers."""
-
-    shards: list[tuple[str, str]] = field(default_factory=list)
-    verifications: list[str] = field(default_factory=list)
-
-    def enqueue_shard(self, export_id: str, shard_id: str) -> None:
-        self.shards.append((export_id, shard_id))
-
-    def enqueue_verification(self, export_id: str) -> None:
-        self.verifications.append(export_id)
-
-
-def _url(conninfo: str) -> str:
-    if "://" in conninfo:
-        return conninfo
-    info = psycopg.conninfo.conninfo_to_dict(conninfo)
-    user = info.get("user", "postgres")
-    return f"postgresql://{user}@{info['host']}:{info['port']}/{info['dbname']}"
-
-
 @pytest.fixture
 def runtime(settings_env: dict[str, str], s3_bucket: str) -> Runtime:
-    env = {
-        **settings_env,
-        "S3_BUCKET": s3_bucket,
-        "DATABASE_URL": _url(settings_env["DATABASE_URL"]),
-    }
-    env["EXPORT_RETENTION_DAYS"] = "7"
-    settings = Settings.from_env(env)
-    worker = WorkerSettings(lease_seconds=10, target_shard_rows=400)
-    runtime = Runtime(settings, worker, s3_client_from_settings(settings), RecordingQueue())
-    with connect(settings.database_url) as conn:
+    runtime = in_process_runtime(
+        settings_env,
+        s3_bucket=s3_bucket,
+        worker=WorkerSettings(lease_seconds=10, target_shard_rows=400),
+        EXPORT_RETENTION_DAYS="7",
+    )
+    with connect(runtime.settings.database_url) as conn:
         seed_database(conn, users=4, max_files=20, files=40, seed=3)
         conn.commit()
     return runtime

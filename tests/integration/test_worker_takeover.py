@@ -8,13 +8,13 @@ redelivered user export starts again on a fresh snapshot instead of resuming.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from worker_processes import in_process_runtime
 
 from exportctl.seeding import seed_database
 from pipelines.database import connect
@@ -23,9 +23,7 @@ from pipelines.manifest import parse_manifest
 from pipelines.options import parse_options
 from pipelines.parts import Part
 from pipelines.runner import ExportLimits, export_shard
-from pipelines.settings import Settings
 from pipelines.sources import UserRange
-from pipelines.storage.client import s3_client_from_settings
 from pipelines.storage.reader import iter_object_bytes
 from pipelines.storage.s3_sink import S3MultipartSink
 from pipelines.storage.stores import LocalStore
@@ -45,40 +43,15 @@ if TYPE_CHECKING:
 PART = 5 * 1024 * 1024
 
 
-@dataclass
-class RecordingQueue:
-    """Collect the messages jobs send to other workers."""
-
-    shards: list[tuple[str, str]] = field(default_factory=list)
-    verifications: list[str] = field(default_factory=list)
-
-    def enqueue_shard(self, export_id: str, shard_id: str) -> None:
-        self.shards.append((export_id, shard_id))
-
-    def enqueue_verification(self, export_id: str) -> None:
-        self.verifications.append(export_id)
-
-
-def _url(conninfo: str) -> str:
-    if "://" in conninfo:
-        return conninfo
-    info = psycopg.conninfo.conninfo_to_dict(conninfo)
-    user = info.get("user", "postgres")
-    return f"postgresql://{user}@{info['host']}:{info['port']}/{info['dbname']}"
-
-
 @pytest.fixture
 def runtime(settings_env: dict[str, str], s3_bucket: str) -> Runtime:
-    env = {
-        **settings_env,
-        "S3_BUCKET": s3_bucket,
-        "DATABASE_URL": _url(settings_env["DATABASE_URL"]),
-    }
-    env["S3_PART_SIZE_BYTES"] = str(PART)
-    env["EXPORT_BULK_MAX_SIZE"] = str(1024**3)
-    settings = Settings.from_env(env)
-    worker = WorkerSettings(lease_seconds=30, target_shard_rows=10**9)
-    return Runtime(settings, worker, s3_client_from_settings(settings), RecordingQueue())
+    return in_process_runtime(
+        settings_env,
+        s3_bucket=s3_bucket,
+        worker=WorkerSettings(lease_seconds=30, target_shard_rows=10**9),
+        S3_PART_SIZE_BYTES=str(PART),
+        EXPORT_BULK_MAX_SIZE=str(1024**3),
+    )
 
 
 def _create(runtime: Runtime, export_type: str, fmt: str) -> str:
