@@ -122,12 +122,21 @@ def test_every_listener_is_on_loopback(running: tuple[LocalStack, StackEndpoints
     stack, _ = running
     pids = stack.managed_pids()
 
+    # `weed mini` answers S3 before its admin component has opened its ports, so wait until every
+    # port the stack gave it (master, volume, filer, S3 and admin, http and gRPC each) listens.
+    seaweed_ports = {
+        port for name, port in _ports(stack).items() if name.startswith(("s3", "seaweed"))
+    }
+    assert len(seaweed_ports) >= 10
+    assert wait_until(
+        lambda: seaweed_ports <= {port for _, port in _listeners(pids["s3"])},
+        timeout_seconds=30,
+    ), (seaweed_ports, _listeners(pids["s3"]))
+
     listeners = {name: _listeners(pid) for name, pid in pids.items()}
 
     assert listeners["postgres"]
     assert listeners["redis"]
-    # master, volume, filer, S3 and admin, each with an http and a gRPC port.
-    assert len(listeners["s3"]) >= 10
     for name, sockets in listeners.items():
         assert all(address == "127.0.0.1" for address, _ in sockets), (name, sockets)
         # /proc agrees with ss.
