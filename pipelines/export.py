@@ -24,7 +24,7 @@ from pipelines.digests import DigestSummary, DigestTracker
 from pipelines.manifest import Manifest, ManifestObject, object_name
 from pipelines.options import ExportOptions
 from pipelines.parts import iter_parts
-from pipelines.records import ExportHeader, RowBatch, export_tables
+from pipelines.records import ExportHeader, SourceBatch, export_tables
 from pipelines.serializers import ENCODERS, Chunk, ResumePoint
 from pipelines.storage.sinks import Sink, StoredObject, SummaryFn, UploadedPart
 
@@ -101,7 +101,7 @@ def make_header(
 
 
 def write_object(
-    batches: Iterable[RowBatch],
+    batches: Iterable[SourceBatch],
     *,
     name: str,
     options: ExportOptions,

@@ -118,6 +118,25 @@ class RowBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """Records of one table that the database already wrote in an export format, whole.
+
+    `data` is the records exactly as that format's serializer writes them, `records` how many
+    they are, and `cursor` the position to resume from after them.
+    """
+
+    table: Table
+    format: str
+    data: bytes
+    records: int
+    cursor: object
+
+
+# What a row source yields: rows to serialize, or records the database serialized.
+SourceBatch = RowBatch | EncodedBatch
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """One row read back from an export, with the (projected) table it belongs to."""
 

@@ -27,7 +27,7 @@ from pipelines.manifest import (
     render_sha256sums,
 )
 from pipelines.options import ExportOptions
-from pipelines.records import ExportHeader, RowBatch
+from pipelines.records import ExportHeader, SourceBatch
 from pipelines.sharding import plan_shards
 from pipelines.sources import (
     UserRange,
@@ -195,7 +195,7 @@ def publish_manifest(
 
 
 def _write(
-    batches: Iterable[RowBatch],
+    batches: Iterable[SourceBatch],
     *,
     name: str,
     header: ExportHeader,

@@ -2,9 +2,11 @@
 
 Rows are read as text (the fastest form measured, and exact for restore) through a server-side
 cursor ordered by key, inside a REPEATABLE READ, READ ONLY transaction that may adopt an exported
-snapshot, so every shard of a bulk export on any machine reads the same point in time. A source can
-start after a recorded position, which is how an interrupted export resumes. Nothing here is
-buffered beyond one batch.
+snapshot, so every shard of a bulk export on any machine reads the same point in time. For a CSV
+export PostgreSQL writes the records itself (`COPY (SELECT ...) TO STDOUT`, see
+`pipelines.database_csv`), in the same order and with the same resume positions. A source can start
+after a recorded position, which is how an interrupted export resumes. Nothing here is buffered
+beyond one batch.
 """
 
 from __future__ import annotations
@@ -18,9 +20,19 @@ from psycopg import sql
 from psycopg.types.string import TextLoader
 
 from pipelines.database import translate_error
+from pipelines.database_csv import COPY_OPTIONS, csv_select_list, iter_csv_blocks
 from pipelines.errors import PermanentError, RetryableError
 from pipelines.options import ExportOptions
-from pipelines.records import FILES, USERS, RowBatch, Table
+from pipelines.records import (
+    FILES,
+    USERS,
+    EncodedBatch,
+    RowBatch,
+    SourceBatch,
+    Table,
+    export_tables,
+)
+from pipelines.serializers.csv import csv_layout
 
 # Types whose values are handed on as PostgreSQL prints them (`t`/`f`, ISO timestamps, jsonb text)
 # instead of being parsed into Python objects and printed again.
@@ -85,7 +97,7 @@ def iter_user_batches(
     options: ExportOptions,
     after: SourcePosition | None = None,
     batch_rows: int = BATCH_ROWS,
-) -> Iterator[RowBatch]:
+) -> Iterator[SourceBatch]:
     """Stream one user's row, then their files, inside the caller's read transaction."""
     hidden = sql.SQL("") if options.include_system_fields else sql.SQL("AND deleted_at IS NULL")
     try:
@@ -119,7 +131,7 @@ def iter_shard_batches(
     options: ExportOptions,
     after: SourcePosition | None = None,
     batch_rows: int = BATCH_ROWS,
-) -> Iterator[RowBatch]:
+) -> Iterator[SourceBatch]:
     """Stream the users in a range, then all their files, inside the caller's read transaction."""
     for table in (USERS, FILES):
         projected = table.project(options.include_system_fields)
@@ -137,7 +149,7 @@ def _iter_table(
     after: SourcePosition | None,
     batch_rows: int,
     only_user: str | None = None,
-) -> Iterator[RowBatch]:
+) -> Iterator[SourceBatch]:
     """Stream `table` in key order, as text, starting after `after` when it is this table's."""
     if after is not None and after.table == FILES.name and table.name == USERS.name:
         return  # the users were all emitted before the interruption
@@ -151,11 +163,29 @@ def _iter_table(
             )
         )
         params.extend(after.key)
-    query = sql.SQL("SELECT {columns} FROM {table} WHERE {where} ORDER BY {order}").format(
+    select = sql.SQL("SELECT {columns} FROM {table} WHERE {where} ORDER BY {order}")
+    where = sql.SQL(" AND ").join(conditions)
+    order = sql.SQL(", ").join(sql.Identifier(name) for name in key_columns)
+    if options.format == "csv":
+        layout = csv_layout(
+            export_tables(options.include_system_fields), include_metadata=options.include_metadata
+        )
+        query = select.format(
+            columns=csv_select_list(table, layout),
+            table=sql.Identifier(table.name),
+            where=where,
+            order=order,
+        )
+        key_fields = [1 + layout.index(name) for name in key_columns]
+        yield from _iter_csv_records(
+            conn, table, query, params, key_fields=key_fields, batch_rows=batch_rows
+        )
+        return
+    query = select.format(
         columns=sql.SQL(", ").join(sql.Identifier(name) for name in table.column_names),
         table=sql.Identifier(table.name),
-        where=sql.SQL(" AND ").join(conditions),
-        order=sql.SQL(", ").join(sql.Identifier(name) for name in key_columns),
+        where=where,
+        order=order,
     )
     key_index = tuple(table.column_names.index(name) for name in key_columns)
     try:
@@ -169,6 +199,33 @@ def _iter_table(
                 yield RowBatch(table=table, rows=rows, cursor=position)
     except psycopg.Error as exc:
         raise translate_error(exc, f"reading {table.name}") from exc
+
+
+def _iter_csv_records(
+    conn: psycopg.Connection[Any],
+    table: Table,
+    query: sql.Composed,
+    params: list[Any],
+    *,
+    key_fields: list[int],
+    batch_rows: int,
+) -> Iterator[EncodedBatch]:
+    """Stream the CSV records PostgreSQL writes for `query`, in batches of about `batch_rows`."""
+    # COPY takes no bind parameters: the values are bound on the client, quoted by psycopg.
+    bound = psycopg.ClientCursor(conn).mogrify(query, params)
+    copy_query = sql.SQL("COPY ({}) TO STDOUT {}").format(sql.SQL(bound), COPY_OPTIONS)
+    try:
+        with conn.cursor().copy(copy_query) as copy:
+            blocks = iter_csv_blocks(
+                copy, table_name=table.name, key_fields=key_fields, batch_messages=batch_rows
+            )
+            for block in blocks:
+                position = SourcePosition(table.name, block.last_key)
+                yield EncodedBatch(table, "csv", block.data, block.records, position)
+    except psycopg.Error as exc:
+        raise translate_error(exc, f"reading {table.name}") from exc
+    except ValueError as exc:
+        raise PermanentError(f"reading {table.name} as CSV: {exc}") from exc
 
 
 def _load_as_text(cursor: psycopg.Cursor[Any]) -> None:

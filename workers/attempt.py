@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.errors import PermanentError, SizeLimitError
 from pipelines.export import WrittenObject
-from pipelines.records import RowBatch
+from pipelines.records import SourceBatch
 from pipelines.sources import SourcePosition
 from workers.heartbeat import LeaseKeeper
 from workers.resume import (
@@ -76,7 +76,7 @@ def write_with_resume(
     attempt: Attempt,
     keeper: LeaseKeeper,
     job: ObjectJob,
-    open_batches: Callable[[SourcePosition | None], Iterable[RowBatch]],
+    open_batches: Callable[[SourcePosition | None], Iterable[SourceBatch]],
 ) -> WrittenObject:
     """Write the object, continuing an upload an earlier attempt left open when there is one."""
     log = PartLog(

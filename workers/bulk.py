@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from pipelines.errors import PermanentError
-from pipelines.records import RowBatch
+from pipelines.records import SourceBatch
 from pipelines.runner import shard_name, snapshot_time
 from pipelines.sharding import plan_shards
 from pipelines.sources import (
@@ -210,7 +210,7 @@ def _export_shard(attempt: Attempt) -> None:
                 f"snapshot holder ended before shard {number} started: {exc}"
             ) from exc
 
-        def open_batches(after: SourcePosition | None) -> Iterator[RowBatch]:
+        def open_batches(after: SourcePosition | None) -> Iterator[SourceBatch]:
             return iter_shard_batches(reader, users=users, options=options, after=after)
 
         written = write_with_resume(attempt, keeper, job, open_batches)

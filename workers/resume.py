@@ -28,7 +28,7 @@ from pipelines.export import ExportCursor, WrittenObject, with_export_cursors, w
 from pipelines.manifest import content_type
 from pipelines.options import ExportOptions
 from pipelines.parts import Part, ResumePoint, iter_parts
-from pipelines.records import ExportHeader, RowBatch, export_tables
+from pipelines.records import ExportHeader, SourceBatch, export_tables
 from pipelines.serializers import ENCODERS
 from pipelines.serializers import ResumePoint as SerializerPoint
 from pipelines.sources import SourcePosition
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OpenBatches = Callable[[SourcePosition | None], Iterable[RowBatch]]
+OpenBatches = Callable[[SourcePosition | None], Iterable[SourceBatch]]
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ class PartLog:
             time.sleep(self._delay)  # test hook: WORKER_TEST_PART_DELAY_SECONDS
 
 
-def write_fresh(batches: Iterable[RowBatch], job: ObjectJob, log: PartLog) -> WrittenObject:
+def write_fresh(batches: Iterable[SourceBatch], job: ObjectJob, log: PartLog) -> WrittenObject:
     """Write the object from the start, recording the upload and every part."""
 
     def open_sink(summary: SummaryFn) -> Sink:

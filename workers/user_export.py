@@ -19,7 +19,7 @@ import psycopg
 
 from pipelines.export import user_object_name
 from pipelines.jobs import get_export
-from pipelines.records import RowBatch
+from pipelines.records import SourceBatch
 from pipelines.runner import publish_manifest, snapshot_time
 from pipelines.sources import SourcePosition, begin_snapshot, iter_user_batches
 from workers import metrics
@@ -122,7 +122,7 @@ def _export(attempt: Attempt) -> None:
         )
         attempt = replace(attempt, row={**row, "multipart_upload_id": None})
 
-        def open_batches(after: SourcePosition | None) -> Iterator[RowBatch]:
+        def open_batches(after: SourcePosition | None) -> Iterator[SourceBatch]:
             return iter_user_batches(reader, user_id=user_id, options=options, after=after)
 
         written = write_with_resume(attempt, keeper, job, open_batches)

@@ -1,4 +1,6 @@
-"""Chunked serializers: export streams (`RowBatch`es) to bytes in JSON, JSON Lines, CSV or XML.
+"""Chunked serializers: export streams to bytes in JSON, JSON Lines, CSV or XML.
+
+A stream is `RowBatch`es of rows, or for CSV also `EncodedBatch`es the database wrote itself.
 
 Each `encode_*` is a generator of `Chunk`s with the same keyword options; `ENCODERS` maps a format
 name to it. Output never depends on batch sizes, and `resume=` continues after any batch's chunk.
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final, Literal, Protocol
 
-from pipelines.records import ExportHeader, RowBatch, Table
+from pipelines.records import ExportHeader, SourceBatch, Table
 from pipelines.serializers.common import Chunk, ResumePoint
 from pipelines.serializers.csv import encode_csv
 from pipelines.serializers.json import encode_json
@@ -24,7 +26,7 @@ class Encoder(Protocol):
 
     def __call__(
         self,
-        batches: Iterable[RowBatch],
+        batches: Iterable[SourceBatch],
         *,
         tables: Sequence[Table],
         header: ExportHeader,

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.records import ExportTrailer, RowBatch, Table
+from pipelines.records import EncodedBatch, ExportTrailer, Row, SourceBatch, Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class Sections:
             self.current = self._index[resume.table]
             self.counts.update(resume.counts)
 
-    def enter(self, batch: RowBatch) -> Iterator[tuple[Table | None, Table]]:
+    def enter(self, batch: SourceBatch) -> Iterator[tuple[Table | None, Table]]:
         """Yield (section to close or None, section to open) until the batch's table is open."""
         position = self._index.get(batch.table.name)
         if position is None or self.tables[position] != batch.table:
@@ -66,7 +66,7 @@ class Sections:
         if position < self.current:
             raise ValueError(f"batch of {batch.table.name} after a later table: order is wrong")
         width = len(batch.table.columns)
-        if any(len(row) != width for row in batch.rows):
+        if not isinstance(batch, EncodedBatch) and any(len(row) != width for row in batch.rows):
             raise ValueError(f"a {batch.table.name} row does not have {width} values")
         while self.current < position:
             closing = self.tables[self.current] if self.current >= 0 else None
@@ -89,6 +89,16 @@ class Sections:
     def trailer(self) -> ExportTrailer:
         """Return the trailer with the final counts."""
         return ExportTrailer(dict(self.counts))
+
+
+def rows_of(batch: SourceBatch, serializer: str) -> Sequence[Row]:
+    """Return the rows of `batch`, which a `serializer` other than the database's must write."""
+    if isinstance(batch, EncodedBatch):
+        raise ValueError(
+            f"{batch.table.name} records already written as {batch.format} by the database"
+            f" cannot be written as {serializer}"
+        )
+    return batch.rows
 
 
 def union_columns(tables: Sequence[Table]) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import orjson
 
 from pipelines.formats.metadata import header_fields, trailer_fields
 from pipelines.formats.values import export_boolean, iso_timestamp
-from pipelines.records import ExportHeader, Row, RowBatch, Table
+from pipelines.records import EncodedBatch, ExportHeader, Row, SourceBatch, Table
 from pipelines.serializers.common import Chunk, ResumePoint, Sections, union_columns
 
 RECORD_TYPE_COLUMN: Final = "record_type"
@@ -89,35 +89,45 @@ def _row_lines(table: Table, header: Sequence[str]) -> Callable[[Sequence[Row]],
     return lines
 
 
+def csv_layout(tables: Sequence[Table], *, include_metadata: bool) -> tuple[str, ...]:
+    """Return the columns after `record_type`: every table's columns, then `export_info`."""
+    columns = union_columns(tables)
+    return (*columns, EXPORT_INFO_COLUMN) if include_metadata else columns
+
+
 def encode_csv(
-    batches: Iterable[RowBatch],
+    batches: Iterable[SourceBatch],
     *,
     tables: Sequence[Table],
     header: ExportHeader,
     include_metadata: bool,
     resume: ResumePoint | None = None,
 ) -> Iterator[Chunk]:
-    """Yield the CSV file for `batches`, or only the rows after `resume`."""
+    """Yield the CSV file for `batches`, or only the rows after `resume`.
+
+    Records the database already wrote in this layout (`EncodedBatch`) pass through unchanged.
+    """
     sections = Sections(tables, resume)
     columns = union_columns(sections.tables)
-    if include_metadata:
-        columns_out = (RECORD_TYPE_COLUMN, *columns, EXPORT_INFO_COLUMN)
-        data_columns = (*columns, EXPORT_INFO_COLUMN)
-    else:
-        columns_out = (RECORD_TYPE_COLUMN, *columns)
-        data_columns = columns
-    encoders = {table.name: _row_lines(table, data_columns) for table in sections.tables}
+    layout = csv_layout(sections.tables, include_metadata=include_metadata)
+    encoders = {table.name: _row_lines(table, layout) for table in sections.tables}
     if resume is None:
-        data = (",".join(columns_out) + "\r\n").encode()
+        data = (",".join((RECORD_TYPE_COLUMN, *layout)) + "\r\n").encode()
         if include_metadata:
             data += _info_line("header", header_fields(header), len(columns))
         yield Chunk(data, None, 0)
     for batch in batches:
         for _step in sections.enter(batch):
             pass  # CSV has no sections; entering only validates the order
-        data = _quote_lines(encoders[batch.table.name](batch.rows)) if batch.rows else b""
-        point = sections.add(batch.table, len(batch.rows))
-        yield Chunk(data, batch.cursor, len(batch.rows), point)
+        if isinstance(batch, EncodedBatch):
+            if batch.format != "csv":
+                raise ValueError(f"{batch.format} records cannot be written as csv")
+            data, records = batch.data, batch.records
+        else:
+            data = _quote_lines(encoders[batch.table.name](batch.rows)) if batch.rows else b""
+            records = len(batch.rows)
+        point = sections.add(batch.table, records)
+        yield Chunk(data, batch.cursor, records, point)
     if include_metadata:
         fields = trailer_fields(sections.trailer())
         yield Chunk(_info_line("metadata", fields, len(columns)), None, 0)

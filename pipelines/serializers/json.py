@@ -14,8 +14,8 @@ import orjson
 
 from pipelines.formats.metadata import header_fields, trailer_fields
 from pipelines.formats.values import iso_timestamp
-from pipelines.records import ExportHeader, Row, RowBatch, Table
-from pipelines.serializers.common import Chunk, ResumePoint, Sections
+from pipelines.records import ExportHeader, Row, SourceBatch, Table
+from pipelines.serializers.common import Chunk, ResumePoint, Sections, rows_of
 
 FORMAT_NAME: Final = "data-export"
 
@@ -72,7 +72,7 @@ def _transition(closing: Table | None, opening: Table | None) -> bytes:
 
 
 def encode_json(
-    batches: Iterable[RowBatch],
+    batches: Iterable[SourceBatch],
     *,
     tables: Sequence[Table],
     header: ExportHeader,
@@ -88,14 +88,15 @@ def encode_json(
             opening += b'\n"header":' + orjson.dumps(header_fields(header)) + b","
         yield Chunk(opening, None, 0)
     for batch in batches:
+        rows = rows_of(batch, "json")
         parts: list[bytes] = []
         parts.extend(_transition(*step) for step in sections.enter(batch))
-        if batch.rows:
-            objects = encoders[batch.table.name](batch.rows)
+        if rows:
+            objects = encoders[batch.table.name](rows)
             parts.append(b",\n" if sections.counts[batch.table.name] else b"\n")
             parts.append(b",\n".join(objects))
-        point = sections.add(batch.table, len(batch.rows))
-        yield Chunk(b"".join(parts), batch.cursor, len(batch.rows), point)
+        point = sections.add(batch.table, len(rows))
+        yield Chunk(b"".join(parts), batch.cursor, len(rows), point)
     parts = [_transition(*step) for step in sections.finish()]
     if include_metadata:
         parts.append(b',\n"metadata":' + orjson.dumps(trailer_fields(sections.trailer())))

@@ -11,13 +11,13 @@ from collections.abc import Iterable, Iterator, Sequence
 import orjson
 
 from pipelines.formats.metadata import header_fields, trailer_fields
-from pipelines.records import ExportHeader, RowBatch, Table
-from pipelines.serializers.common import Chunk, ResumePoint, Sections
+from pipelines.records import ExportHeader, SourceBatch, Table
+from pipelines.serializers.common import Chunk, ResumePoint, Sections, rows_of
 from pipelines.serializers.json import FORMAT_NAME, row_objects
 
 
 def encode_jsonl(
-    batches: Iterable[RowBatch],
+    batches: Iterable[SourceBatch],
     *,
     tables: Sequence[Table],
     header: ExportHeader,
@@ -34,13 +34,14 @@ def encode_jsonl(
         fields = {"record_type": "header", "format": FORMAT_NAME, **header_fields(header)}
         yield Chunk(orjson.dumps(fields) + b"\n", None, 0)
     for batch in batches:
+        rows = rows_of(batch, "jsonl")
         for _step in sections.enter(batch):
             pass  # JSON Lines has no sections; entering only validates the order
         data = b""
-        if batch.rows:
-            data = b"\n".join(encoders[batch.table.name](batch.rows)) + b"\n"
-        point = sections.add(batch.table, len(batch.rows))
-        yield Chunk(data, batch.cursor, len(batch.rows), point)
+        if rows:
+            data = b"\n".join(encoders[batch.table.name](rows)) + b"\n"
+        point = sections.add(batch.table, len(rows))
+        yield Chunk(data, batch.cursor, len(rows), point)
     if include_metadata:
         fields = {"record_type": "metadata", **trailer_fields(sections.trailer())}
         yield Chunk(orjson.dumps(fields) + b"\n", None, 0)

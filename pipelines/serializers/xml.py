@@ -17,8 +17,8 @@ import orjson
 
 from pipelines.formats.metadata import format_instant
 from pipelines.formats.values import export_boolean, iso_timestamp
-from pipelines.records import ExportHeader, ExportTrailer, Row, RowBatch, Table
-from pipelines.serializers.common import Chunk, ResumePoint, Sections
+from pipelines.records import ExportHeader, ExportTrailer, Row, SourceBatch, Table
+from pipelines.serializers.common import Chunk, ResumePoint, Sections, rows_of
 
 NAMESPACE: Final = "urn:data-export:export:1"
 XSI_NAMESPACE: Final = "http://www.w3.org/2001/XMLSchema-instance"
@@ -204,7 +204,7 @@ def _transition(closing: Table | None, opening: Table | None) -> str:
 
 
 def encode_xml(
-    batches: Iterable[RowBatch],
+    batches: Iterable[SourceBatch],
     *,
     tables: Sequence[Table],
     header: ExportHeader,
@@ -223,12 +223,13 @@ def encode_xml(
             text += _header_element(header)
         yield Chunk(text.encode(), None, 0)
     for batch in batches:
+        rows = rows_of(batch, "xml")
         parts = [_transition(*step) for step in sections.enter(batch)]
         data = "".join(parts).encode()
-        if batch.rows:
-            data += encoders[batch.table.name](batch.rows)
-        point = sections.add(batch.table, len(batch.rows))
-        yield Chunk(data, batch.cursor, len(batch.rows), point)
+        if rows:
+            data += encoders[batch.table.name](rows)
+        point = sections.add(batch.table, len(rows))
+        yield Chunk(data, batch.cursor, len(rows), point)
     text = "".join(_transition(*step) for step in sections.finish())
     if include_metadata:
         text += _metadata_element(sections.trailer())
