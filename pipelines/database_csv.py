@@ -100,18 +100,22 @@ class CsvRecordCutter:
         self._table = table_name
         self._start = b'"' + table_name.encode() + b'",'
         self._boundary = b"\n" + self._start
+        self._crlf_boundary = b"\r\n" + self._start
         self._key_fields = tuple(key_fields)
         self._held = b""
 
-    def cut(self, data: bytes) -> CsvBlock | None:
-        """Add `data`; return the records it completed, or None while the last is still open."""
-        buffer = self._held + data if self._held else data
-        last_start = buffer.rfind(self._boundary)
-        if last_start < 0:
+    def cut(self, output: Sequence[Buffer]) -> CsvBlock | None:
+        """Add COPY output; return the records it completed, or None while the last is open."""
+        buffer = b"".join([self._held, *output])
+        # One pass turns every record end before a record start into CRLF, adding one byte each.
+        converted = buffer.replace(self._boundary, self._crlf_boundary)
+        ended = len(converted) - len(buffer)
+        if not ended:
             self._held = buffer
             return None
-        self._held = buffer[last_start + 1 :]
-        return self._block(buffer[:last_start])
+        end = converted.rfind(self._crlf_boundary) + 2
+        self._held = converted[end:]
+        return self._block(converted[:end], ended)
 
     def finish(self) -> CsvBlock | None:
         """Return the last record, which the end of the output proves whole."""
@@ -120,17 +124,16 @@ class CsvRecordCutter:
             return None
         if not held.endswith(b"\n"):
             raise ValueError("COPY output ended inside a record")
-        return self._block(held[:-1])
+        return self._block(held[:-1] + b"\r\n", 1)
 
-    def _block(self, records: bytes) -> CsvBlock:
-        """Return `records` (without its last LF) as a block with CRLF terminators."""
-        if not records.startswith(self._start):
+    def _block(self, data: bytes, records: int) -> CsvBlock:
+        """Return `records` whole records, CRLF-terminated, as a block keyed by the last one."""
+        if not data.startswith(self._start):
             raise ValueError(f"COPY output does not start with a record of {self._table}")
-        count = records.count(self._boundary) + 1
-        data = records.replace(self._boundary, b"\r" + self._boundary) + b"\r\n"
-        last = records[records.rfind(self._boundary) + 1 :]
+        last_start = data.rfind(self._crlf_boundary, 0, len(data) - 2) + 2
+        last = data[last_start if last_start >= 2 else 0 : -2]
         fields = next(csv.reader([last.decode("utf-8")]))
-        return CsvBlock(data, count, tuple(fields[i] for i in self._key_fields))
+        return CsvBlock(data, records, tuple(fields[i] for i in self._key_fields))
 
 
 def iter_csv_blocks(
@@ -150,12 +153,12 @@ def iter_csv_blocks(
     for message in messages:
         pending.append(message)
         if len(pending) >= batch_messages:
-            block = cutter.cut(b"".join(pending))
-            pending.clear()
+            block = cutter.cut(pending)
+            pending = []
             if block is not None:
                 yield block
     if pending:
-        block = cutter.cut(b"".join(pending))
+        block = cutter.cut(pending)
         if block is not None:
             yield block
     last = cutter.finish()

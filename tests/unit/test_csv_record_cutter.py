@@ -65,7 +65,7 @@ def test_a_value_holding_a_line_end_and_the_table_name_stays_inside_its_record()
     record = _copy_record("files", "k0", ['a\n"files","b', "c"]) + _copy_record("files", "k1", [])
     cutter = CsvRecordCutter("files", key_fields=[1])
 
-    first = cutter.cut(record)
+    first = cutter.cut([record])
     last = cutter.finish()
 
     assert first is not None
@@ -77,7 +77,7 @@ def test_a_value_holding_a_line_end_and_the_table_name_stays_inside_its_record()
 
 def test_output_that_stops_inside_a_record_is_refused() -> None:
     cutter = CsvRecordCutter("users", key_fields=[1])
-    assert cutter.cut(b'"users","k0","a') is None
+    assert cutter.cut([b'"users","k0","a']) is None
 
     with pytest.raises(ValueError, match="ended inside a record"):
         cutter.finish()
@@ -85,7 +85,7 @@ def test_output_that_stops_inside_a_record_is_refused() -> None:
 
 def test_output_of_another_table_is_refused() -> None:
     cutter = CsvRecordCutter("users", key_fields=[1])
-    cutter.cut(b'"files","k0"\n"files","k1"\n')
+    cutter.cut([b'"files","k0"\n"files","k1"\n'])
 
     with pytest.raises(ValueError, match="not start with a record of users"):
         cutter.finish()
