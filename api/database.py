@@ -1,5 +1,9 @@
 """PostgreSQL access for the API: one reused connection per thread, transactions as blocks.
 
+`transaction()` wraps a block in BEGIN/COMMIT; `autocommit()` runs each statement as its own
+transaction, for requests whose write is one statement (the export request), saving two round
+trips.
+
 Gunicorn workers serve one request per thread, so a thread-local connection is a pool of the
 right size without a pool library. Connection and I/O failures become `RetryableError` (503) and
 drop the connection, so the next request reconnects instead of reusing a dead socket.
@@ -28,6 +32,9 @@ class Database(Protocol):
 
     def transaction(self) -> Any:
         """Return a context manager yielding a connection, committed on success."""
+
+    def autocommit(self) -> Any:
+        """Return a context manager yielding a connection on which each statement commits."""
 
     def ping(self) -> None:
         """Raise RetryableError unless the database answers a trivial query."""
@@ -75,6 +82,33 @@ class ThreadLocalDatabase:
                 except psycopg.Error:
                     self._discard()
             raise
+
+    @contextmanager
+    def autocommit(self) -> Iterator[psycopg.Connection[Any]]:
+        """Yield this thread's connection in autocommit: every statement is its own transaction.
+
+        No BEGIN and no COMMIT round trips: a statement has committed when it returns. For
+        requests that write with one statement (or read with one); the connection goes back to
+        transactions after the block.
+        """
+        conn = self._connection()
+        conn.autocommit = True
+        try:
+            yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._discard()
+            raise RetryableError(f"database unavailable: {type(exc).__name__}") from exc
+        finally:
+            self._end_autocommit(conn)
+
+    def _end_autocommit(self, conn: psycopg.Connection[Any]) -> None:
+        """Put the connection back into transaction mode, or drop it if that is impossible."""
+        if conn.closed:
+            return
+        try:
+            conn.autocommit = False
+        except psycopg.Error:
+            self._discard()
 
     def ping(self) -> None:
         """Raise RetryableError unless the database answers `SELECT 1`."""

@@ -269,6 +269,10 @@ class MetricsMiddleware:
 
     def __init__(self, metrics: ApiMetrics) -> None:
         self._metrics = metrics
+        # Labelled series by label values: `labels()` validates and locks on every call, and a
+        # route template has a handful of methods and statuses, so each series is looked up once.
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Start the clock."""
@@ -280,6 +284,15 @@ class MetricsMiddleware:
         """Record the request's route, status and duration."""
         started = getattr(req.context, "metrics_started", None)
         route = req.uri_template or "unrouted"
-        self._metrics.requests.labels(req.method, route, str(resp.status_code)).inc()
+        method, status = req.method, resp.status_code
+        counter = self._counted.get((method, route, status))
+        if counter is None:
+            counter = self._metrics.requests.labels(method, route, str(status))
+            self._counted[(method, route, status)] = counter
+        counter.inc()
         if started is not None:
-            self._metrics.latency.labels(req.method, route).observe(time.perf_counter() - started)
+            timer = self._timed.get((method, route))
+            if timer is None:
+                timer = self._metrics.latency.labels(method, route)
+                self._timed[(method, route)] = timer
+            timer.observe(time.perf_counter() - started)

@@ -1,7 +1,8 @@
 """Request plumbing every route shares: request ids, access log, body size and content type.
 
 `RequestContextMiddleware` gives each request an id (a client's `X-Request-ID` when it is sane),
-binds it to every log line emitted while serving, echoes it back and writes one access-log line.
+binds it to every log line emitted while serving, echoes it back and writes one access-log line
+(with the export's id when the request created or named one, `req.context.export_id`).
 `BodyLimitMiddleware` refuses large bodies (413) before anything reads them, and
 `ContentTypeMiddleware` refuses bodies that are not JSON (415). None of them reads a body.
 """
@@ -57,20 +58,25 @@ class RequestContextMiddleware:
         principal = getattr(req.context, "principal", None)
         user_id = str(principal.user_id) if principal is not None else None
         route = req.uri_template
+        extra = {
+            "method": req.method,
+            "route": route,
+            "status": resp.status_code,
+            "duration_ms": round(duration_ms, 3),
+            "user_id": user_id,
+            "request_id": getattr(req.context, "request_id", None),
+        }
+        export_id = getattr(req.context, "export_id", None)
+        if export_id is not None:
+            # The export a request created or answered with: one line tells what was accepted.
+            extra["export_id"] = export_id
         access_logger.info(
             "%s %s %s %.1fms",
             req.method,
             route or req.path,
             resp.status_code,
             duration_ms,
-            extra={
-                "method": req.method,
-                "route": route,
-                "status": resp.status_code,
-                "duration_ms": round(duration_ms, 3),
-                "user_id": user_id,
-                "request_id": getattr(req.context, "request_id", None),
-            },
+            extra=extra,
         )
         token: Token[str | None] | None = getattr(req.context, "log_token", None)
         if token is not None:

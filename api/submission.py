@@ -29,6 +29,7 @@ from api.problems import ProblemError
 from api.ratelimit import RateLimitDecision, Reservation, rate_limited
 from pipelines.errors import RetryableError
 from pipelines.jobs import (
+    AuditEntry,
     IdempotencyConflictError,
     NewExport,
     append_log,
@@ -85,6 +86,19 @@ def existing_for_key(
         return cursor.fetchone()
 
 
+def _requested(principal: Principal, new: NewExport, origin: Origin) -> AuditEntry:
+    """Return the `export.requested` audit entry of an export request."""
+    return AuditEntry(
+        event="export.requested",
+        message=f"{new.export_type} export requested as {new.options.format}",
+        actor_type=actor_type(principal),
+        actor_id=str(principal.user_id),
+        request_id=origin.request_id,
+        client_ip=origin.client_ip,
+        user_agent=origin.user_agent,
+    )
+
+
 def _replay(row: dict[str, Any], fingerprint: str) -> Submission:
     if row["idempotency_fingerprint"] != fingerprint:
         raise ProblemError("idempotency-key-reused")
@@ -132,10 +146,10 @@ class ExportSubmitter:
         )
         reservation: Reservation | None = None
         try:
-            # One transaction from the checks to the audit entry: two round trips fewer than a
-            # read transaction and a write transaction, on the API's busiest write path. It is
-            # open only across the rate limiter's one Redis call and holds no lock until INSERT.
-            with self._database.transaction() as conn:
+            # Autocommit: the grant read is one round trip, and the export row with its audit
+            # entry is one statement that has committed when it returns (BEGIN and COMMIT would
+            # be two more). Nothing is written before the slot is reserved.
+            with self._database.autocommit() as conn:
                 grant = load_account_grant(conn, user_id)
                 if grant is None:
                     raise ProblemError("forbidden", "This account has no data to export.")
@@ -148,15 +162,15 @@ class ExportSubmitter:
                 if not decision.allowed or decision.reservation is None:
                     raise rate_limited(decision)
                 reservation = decision.reservation
-                created = create_export(conn, new, fingerprint=fingerprint)
-                if created.created:
-                    self._log(conn, principal, created.row, origin, "export.requested")
+                created = create_export(
+                    conn, new, fingerprint=fingerprint, audit=_requested(principal, new, origin)
+                )
         except IdempotencyConflictError as exc:
             if reservation is not None:
                 self._release(reservation)
             raise ProblemError("idempotency-key-reused") from exc
         except BaseException:
-            # Also when the commit itself failed: nothing was created, so the slot goes back.
+            # Also when the write itself failed: nothing was created, so the slot goes back.
             if reservation is not None:
                 self._release(reservation)
             raise
@@ -191,7 +205,6 @@ class ExportSubmitter:
             if isinstance(exc, RetryableError):
                 raise
             raise RetryableError(f"enqueue failed: {type(exc).__name__}") from exc
-        logger.info("export %s accepted and enqueued", export_id)
 
     def _abandon(self, principal: Principal, row: dict[str, Any], origin: Origin) -> None:
         """Mark a committed but unqueued export failed, with its reason, in one transaction."""
@@ -212,37 +225,27 @@ class ExportSubmitter:
                     )
                     updated = cursor.fetchone()
                 if updated is not None:
-                    self._log(
-                        conn, principal, updated, origin, "export.enqueue_failed", level="error"
-                    )
+                    self._log_enqueue_failed(conn, principal, updated, origin)
         except RetryableError:
             logger.error(
                 "export %s stays queued without a message; cleanup will fail it", export_id
             )
 
-    def _log(
+    def _log_enqueue_failed(
         self,
         conn: psycopg.Connection[Any],
         principal: Principal,
         row: dict[str, Any],
         origin: Origin,
-        event: str,
-        *,
-        level: Literal["info", "error"] = "info",
     ) -> None:
-        message = (
-            ENQUEUE_FAILED_MESSAGE
-            if event == "export.enqueue_failed"
-            else f"{row['export_type']} export requested as {row['format']}"
-        )
         append_log(
             conn,
-            event=event,
-            message=message,
+            event="export.enqueue_failed",
+            message=ENQUEUE_FAILED_MESSAGE,
             actor_type=actor_type(principal),
             export_id=str(row["id"]),
             actor_id=str(principal.user_id),
-            level=level,
+            level="error",
             request_id=origin.request_id,
             client_ip=origin.client_ip,
             user_agent=origin.user_agent,

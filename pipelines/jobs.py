@@ -57,39 +57,96 @@ def request_fingerprint(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """An audit-trail entry written together with a new export (see `create_export`)."""
+
+    event: str
+    message: str
+    actor_type: ActorType
+    actor_id: str | None = None
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    request_id: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+
+
+_INSERT_EXPORT = """
+    INSERT INTO data_exports (
+        user_id, export_type, format, compression, options, priority, request_id,
+        idempotency_key, idempotency_fingerprint, template_id, export_request_id,
+        schedule_id)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (user_id, idempotency_key) DO NOTHING
+    RETURNING *
+"""
+# The same insert with its audit entry: one statement, so one round trip and one atomic write
+# (in autocommit, one transaction). The entry is written only when the row was created.
+_INSERT_AUDITED_EXPORT = f"""
+    WITH created AS ({_INSERT_EXPORT}),
+    logged AS (
+        INSERT INTO export_logs (
+            event, level, message, export_id, actor_type, actor_id, client_ip, user_agent,
+            request_id)
+        SELECT %s::text, %s::text, %s::text, created.id, %s::text, %s::uuid, %s::inet,
+            %s::text, %s::text
+        FROM created
+    )
+    SELECT * FROM created
+"""
+
+
+def _insert_params(new: NewExport, fingerprint: str | None) -> tuple[Any, ...]:
+    options = new.options
+    return (
+        new.user_id,
+        new.export_type,
+        options.format,
+        options.compression,
+        Jsonb(options.as_json()),
+        new.priority,
+        new.request_id,
+        new.idempotency_key,
+        fingerprint,
+        new.template_id,
+        new.export_request_id,
+        new.schedule_id,
+    )
+
+
+def _audit_params(audit: AuditEntry) -> tuple[Any, ...]:
+    return (
+        audit.event,
+        audit.level,
+        audit.message,
+        audit.actor_type,
+        audit.actor_id,
+        audit.client_ip,
+        audit.user_agent,
+        audit.request_id,
+    )
+
+
 def create_export(
-    conn: psycopg.Connection[Any], new: NewExport, *, fingerprint: str | None = None
+    conn: psycopg.Connection[Any],
+    new: NewExport,
+    *,
+    fingerprint: str | None = None,
+    audit: AuditEntry | None = None,
 ) -> CreatedExport:
-    """Insert a queued export; with an idempotency key, return the earlier export instead."""
+    """Insert a queued export; with an idempotency key, return the earlier export instead.
+
+    With `audit`, the entry is appended to the new export's audit trail in the same statement
+    (nothing is appended when an earlier export is returned).
+    """
     if (new.idempotency_key is None) != (fingerprint is None):
         raise ValueError("an idempotency key needs the request fingerprint, and only then")
-    options = new.options
+    params = _insert_params(new, fingerprint)
     with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(
-            """
-            INSERT INTO data_exports (
-                user_id, export_type, format, compression, options, priority, request_id,
-                idempotency_key, idempotency_fingerprint, template_id, export_request_id,
-                schedule_id)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (user_id, idempotency_key) DO NOTHING
-            RETURNING *
-            """,
-            (
-                new.user_id,
-                new.export_type,
-                options.format,
-                options.compression,
-                Jsonb(options.as_json()),
-                new.priority,
-                new.request_id,
-                new.idempotency_key,
-                fingerprint,
-                new.template_id,
-                new.export_request_id,
-                new.schedule_id,
-            ),
-        )
+        if audit is None:
+            cursor.execute(_INSERT_EXPORT, params)
+        else:
+            cursor.execute(_INSERT_AUDITED_EXPORT, params + _audit_params(audit))
         row = cursor.fetchone()
         if row is not None:
             return CreatedExport(row=row, created=True)

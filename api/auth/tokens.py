@@ -8,8 +8,9 @@ the token and nothing about the server.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from api.auth.verified import DEFAULT_MAX_ENTRIES, VerifiedToken, VerifiedTokens
 from pipelines.settings import ASYMMETRIC_ALGORITHMS, SYMMETRIC_ALGORITHMS
 
 # The role (in `roles`) or scope (in `scope`) that makes a principal an administrator.
@@ -112,7 +114,11 @@ def _describe(exc: jwt.PyJWTError) -> str:
 
 
 class TokenVerifier:
-    """Verify JWTs with one key source and the configured algorithms and claims."""
+    """Verify JWTs with one key source and the configured algorithms and claims.
+
+    Verified tokens are remembered (`api.auth.verified`) until their expiry or until the key
+    source stops returning the key that verified them; `cache_size=0` turns that off.
+    """
 
     def __init__(
         self,
@@ -122,6 +128,8 @@ class TokenVerifier:
         issuer: str | None = None,
         audience: str | None = None,
         leeway_seconds: int = 0,
+        cache_size: int = DEFAULT_MAX_ENTRIES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._algorithms = tuple(algorithms)
         if not self._algorithms or "none" in {name.lower() for name in self._algorithms}:
@@ -133,9 +141,22 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway_seconds = leeway_seconds
+        self._verified = VerifiedTokens(cache_size, clock=clock)
 
     def verify(self, token: str) -> Principal:
         """Check `token` and return its principal, raising AuthenticationError if it is bad."""
+        known = self._verified.get(token)
+        if known is not None:
+            # Asked every time: a JWKS refresh that dropped or replaced the key ends the entry.
+            if self._keys.key_for(known.header) is known.key:
+                return known.principal
+            self._verified.forget(token)
+        verified = self._verify_signed(token)
+        self._verified.put(token, verified)
+        return verified.principal
+
+    def _verify_signed(self, token: str) -> VerifiedToken:
+        """Verify signature and claims in full and return what that proved."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -159,7 +180,13 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise AuthenticationError(_describe(exc)) from exc
-        return principal_from_claims(claims)
+        return VerifiedToken(
+            principal=principal_from_claims(claims),
+            header=header,
+            key=key,
+            # pyjwt checked that `exp` is an integer (or a number it truncates to one).
+            expires_at=int(claims["exp"]),
+        )
 
 
 def principal_from_claims(claims: Mapping[str, Any]) -> Principal:

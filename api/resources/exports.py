@@ -76,6 +76,7 @@ class ExportRequestResource:
             origin=origin_of(req),
         )
         document = {"export": export_document(submission.row)}
+        req.context.export_id = document["export"]["id"]
         resp.set_header("Location", document["export"]["links"]["status"])
         if submission.decision is not None:
             apply_rate_limit_headers(resp, submission.decision)

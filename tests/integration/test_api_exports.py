@@ -8,6 +8,8 @@ status with logs, another user's export answering 404, verification, cleanup and
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from api.dispatch import RecordingDispatcher, broker_down
 from api.ratelimit import RateLimiter, create_redis
 from api.submission import ENQUEUE_FAILED_CODE
 from pipelines.database import connect
+from pipelines.logs import JsonFormatter
 
 LIMIT = 3
 
@@ -92,6 +95,24 @@ def test_user_export_is_accepted_queued_enqueued_and_audited(api: Api) -> None:
     status = api.client.simulate_get(export["links"]["status"], headers=auth(user))
     assert status.status_code == 200
     assert [entry["event"] for entry in status.json["export"]["logs"]] == ["export.requested"]
+
+
+def test_accepted_export_is_logged_in_one_json_access_line_with_request_and_export_ids(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = add_user(api.database_url)
+    with caplog.at_level(logging.INFO):
+        result = create(api, user)
+    request_id = result.headers["x-request-id"]
+    lines = [json.loads(JsonFormatter().format(record)) for record in caplog.records]
+    [access] = [line for line in lines if line["logger"] == "api.access"]
+    assert access["export_id"] == result.json["export"]["id"]
+    assert (access["request_id"], access["status"], access["user_id"]) == (
+        request_id,
+        202,
+        str(user),
+    )
+    assert all(line["request_id"] == request_id for line in lines)
 
 
 def test_export_for_a_user_unknown_to_the_application_is_refused(api: Api) -> None:

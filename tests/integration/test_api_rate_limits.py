@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from threading import Barrier
 from typing import Any
@@ -21,9 +20,9 @@ import pytest
 import redis
 from api_support import add_user, auth, build_client, make_settings
 
-from api.database import ThreadLocalDatabase
+from api.database import APPLICATION_NAME, ThreadLocalDatabase
 from api.dispatch import RecordingDispatcher
-from api.ratelimit import RateLimiter, create_redis
+from api.ratelimit import RateLimitDecision, RateLimiter, Reservation, create_redis
 from pipelines.database import connect
 
 DEFAULT_LIMIT = 4
@@ -33,6 +32,8 @@ CONCURRENT_REQUESTS = 20
 APPS = 4
 # Seconds a thread waits for the others at the start line before the test fails.
 BARRIER_TIMEOUT_SECONDS = 30
+# Milliseconds `pg_terminate_backend` waits for a terminated session to be gone.
+TERMINATE_WAIT_MS = 5000
 
 
 @dataclass
@@ -75,23 +76,34 @@ def make_app(database_url: str, redis_url: str) -> Iterator[Callable[[], App]]:
         client.close()
 
 
-class CommitFailing:
-    """The real database, except that the next transaction loses its connection at commit."""
+class ConnectionLosing:
+    """The real limiter, except that the next reservation is followed by a lost database link.
 
-    def __init__(self, inner: ThreadLocalDatabase) -> None:
+    After taking the slot it terminates the API's database sessions (and waits until they are
+    gone), so the export's write that follows fails as with a dropped connection.
+    """
+
+    def __init__(self, inner: RateLimiter, database_url: str) -> None:
         self.inner = inner
-        self.fail_next = False
+        self.database_url = database_url
+        self.lose_next = False
 
-    @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        with self.inner.transaction() as conn:
-            yield conn
-            if self.fail_next:
-                self.fail_next = False
-                conn.close()  # the commit that follows fails as with a dropped connection
+    def reserve(
+        self, user_id: uuid.UUID | str, *, is_admin: bool = False, limit: int | None = None
+    ) -> RateLimitDecision:
+        decision = self.inner.reserve(user_id, is_admin=is_admin, limit=limit)
+        if self.lose_next:
+            self.lose_next = False
+            with connect(self.database_url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND application_name = %s",
+                    (TERMINATE_WAIT_MS, APPLICATION_NAME),
+                )
+        return decision
 
-    def ping(self) -> None:
-        self.inner.ping()
+    def release(self, reservation: Reservation) -> bool:
+        return self.inner.release(reservation)
 
 
 def grant_limit(
@@ -252,19 +264,22 @@ def test_lowering_the_own_limit_applies_to_the_next_request(
     assert exports_of(database_url, user) == 3
 
 
-def test_export_whose_commit_fails_gives_its_slot_back(database_url: str, redis_url: str) -> None:
+def test_export_whose_write_fails_gives_its_slot_back(database_url: str, redis_url: str) -> None:
     user = add_user(database_url)
     grant_limit(database_url, user, 1)
-    database = CommitFailing(ThreadLocalDatabase(database_url))
+    database = ThreadLocalDatabase(database_url)
     client = create_redis(redis_url)
     prefix = f"test:api-limits:{uuid.uuid4().hex}:"
-    limiter = RateLimiter(client, limit=DEFAULT_LIMIT, admin_limit=ADMIN_LIMIT, key_prefix=prefix)
+    limiter = ConnectionLosing(
+        RateLimiter(client, limit=DEFAULT_LIMIT, admin_limit=ADMIN_LIMIT, key_prefix=prefix),
+        database_url,
+    )
     dispatcher = RecordingDispatcher()
     api = build_client(
         settings=make_settings(), database=database, limiter=limiter, dispatcher=dispatcher
     )
     try:
-        database.fail_next = True
+        limiter.lose_next = True
         failed = api.simulate_post("/api/exports/user", json={"format": "json"}, headers=auth(user))
         assert failed.status_code == 503
         assert exports_of(database_url, user) == 0
@@ -275,7 +290,7 @@ def test_export_whose_commit_fails_gives_its_slot_back(database_url: str, redis_
         assert accepted.status_code == 202
         assert accepted.headers["ratelimit-remaining"] == "0"
     finally:
-        database.inner.close()
+        database.close()
         for key in client.scan_iter(match=f"{prefix}*"):
             client.delete(key)
         client.close()
