@@ -26,42 +26,27 @@ from psycopg.abc import Buffer
 
 from pipelines.records import Column, Table
 from pipelines.serializers.csv import RECORD_TYPE_COLUMN
-
-# The first code point of a value that spreadsheet software would run as a formula, plus the
-# escape character itself (= + - @ TAB CR '), as `ascii()` returns them: the serializer's
-# FORMULA_TRIGGERS.
-_TRIGGER_CODES: Final = "61, 43, 45, 64, 9, 13, 39"
-# The first timestamp PostgreSQL prints without a BC suffix; earlier ones are written as printed.
-_FIRST_AD_INSTANT: Final = "0001-01-01 00:00:00+00"
+from pipelines.sql_values import (
+    export_boolean,
+    export_timestamp,
+    neutralised_jsonb,
+    neutralised_text,
+)
 
 COPY_OPTIONS: Final = sql.SQL("(FORMAT csv, FORCE_QUOTE *, ENCODING 'UTF8')")
-
-
-def _neutralised_text(value: sql.Composable) -> sql.Composable:
-    return sql.SQL("CASE WHEN ascii({v}) IN ({codes}) THEN '''' || {v} ELSE {v} END").format(
-        v=value, codes=sql.SQL(_TRIGGER_CODES)
-    )
 
 
 def _value(column: Column) -> sql.Composable:
     """Return the SQL for `column` as the CSV serializer writes it."""
     name = sql.Identifier(column.name)
     if column.kind == "text":
-        return _neutralised_text(name)
+        return neutralised_text(name)
     if column.kind == "jsonb":
-        # jsonb text starts with a trigger only as a negative number.
-        return sql.SQL(
-            "CASE WHEN jsonb_typeof({v}) = 'number' AND {v} < '0'::jsonb"
-            " THEN '''' || {v}::text ELSE {v}::text END"
-        ).format(v=name)
+        return neutralised_jsonb(name)
     if column.kind == "timestamptz":
-        # `iso_timestamp`: UTC instants as 2024-03-01T12:00:00.5Z, infinities and BC as printed.
-        return sql.SQL(
-            "CASE WHEN isfinite({v}) AND {v} >= {first}::timestamptz"
-            " THEN replace(timezone('UTC', {v})::text, ' ', 'T') || 'Z' ELSE {v}::text END"
-        ).format(v=name, first=sql.Literal(_FIRST_AD_INSTANT))
+        return export_timestamp(name)
     if column.kind == "boolean":
-        return sql.SQL("CASE {v} WHEN true THEN 'true' WHEN false THEN 'false' END").format(v=name)
+        return export_boolean(name)
     return name
 
 

@@ -115,6 +115,9 @@ class RowBatch:
     table: Table
     rows: Sequence[Row]
     cursor: object
+    # True when timestamps and booleans already hold the text exports write (ISO 8601 with `Z`,
+    # `true`/`false`), converted by the database; otherwise every value is PostgreSQL's text.
+    export_values: bool = False
 
 
 @dataclass(frozen=True, slots=True)

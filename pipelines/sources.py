@@ -33,6 +33,7 @@ from pipelines.records import (
     export_tables,
 )
 from pipelines.serializers.csv import csv_layout
+from pipelines.sql_values import export_boolean, export_timestamp
 
 # Types whose values are handed on as PostgreSQL prints them (`t`/`f`, ISO timestamps, jsonb text)
 # instead of being parsed into Python objects and printed again.
@@ -181,8 +182,10 @@ def _iter_table(
             conn, table, query, params, key_fields=key_fields, batch_rows=batch_rows
         )
         return
+    # XML takes timestamps and booleans as the database converts them; the rest read rows as is.
+    export_values = options.format == "xml"
     query = select.format(
-        columns=sql.SQL(", ").join(sql.Identifier(name) for name in table.column_names),
+        columns=sql.SQL(", ").join(_row_values(table, export_values=export_values)),
         table=sql.Identifier(table.name),
         where=where,
         order=order,
@@ -196,9 +199,23 @@ def _iter_table(
             while rows := cursor.fetchmany(batch_rows):
                 last = rows[-1]
                 position = SourcePosition(table.name, tuple(str(last[i]) for i in key_index))
-                yield RowBatch(table=table, rows=rows, cursor=position)
+                yield RowBatch(table=table, rows=rows, cursor=position, export_values=export_values)
     except psycopg.Error as exc:
         raise translate_error(exc, f"reading {table.name}") from exc
+
+
+def _row_values(table: Table, *, export_values: bool) -> list[sql.Composable]:
+    """Return the SELECT list of `table`'s columns, converted to export text when asked."""
+    values: list[sql.Composable] = []
+    for column in table.columns:
+        name = sql.Identifier(column.name)
+        if export_values and column.kind == "timestamptz":
+            values.append(sql.SQL("{} AS {}").format(export_timestamp(name), name))
+        elif export_values and column.kind == "boolean":
+            values.append(sql.SQL("{} AS {}").format(export_boolean(name), name))
+        else:
+            values.append(name)
+    return values
 
 
 def _iter_csv_records(

@@ -91,13 +91,19 @@ class Sections:
         return ExportTrailer(dict(self.counts))
 
 
-def rows_of(batch: SourceBatch, serializer: str) -> Sequence[Row]:
-    """Return the rows of `batch`, which a `serializer` other than the database's must write."""
+def rows_of(batch: SourceBatch, serializer: str, *, export_values: bool = False) -> Sequence[Row]:
+    """Return the rows of `batch` for `serializer`, refusing a batch it cannot write.
+
+    Records the database already serialized cannot be written again, and rows whose values the
+    database converted (`export_values`) only by a serializer that says it takes them.
+    """
     if isinstance(batch, EncodedBatch):
         raise ValueError(
             f"{batch.table.name} records already written as {batch.format} by the database"
             f" cannot be written as {serializer}"
         )
+    if batch.export_values and not export_values:
+        raise ValueError(f"{serializer} needs PostgreSQL's own text, not converted values")
     return batch.rows
 
 

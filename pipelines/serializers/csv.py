@@ -17,7 +17,7 @@ import orjson
 from pipelines.formats.metadata import header_fields, trailer_fields
 from pipelines.formats.values import export_boolean, iso_timestamp
 from pipelines.records import EncodedBatch, ExportHeader, Row, SourceBatch, Table
-from pipelines.serializers.common import Chunk, ResumePoint, Sections, union_columns
+from pipelines.serializers.common import Chunk, ResumePoint, Sections, rows_of, union_columns
 
 RECORD_TYPE_COLUMN: Final = "record_type"
 # Only present when metadata is included: the header and metadata rows carry JSON here.
@@ -124,8 +124,9 @@ def encode_csv(
                 raise ValueError(f"{batch.format} records cannot be written as csv")
             data, records = batch.data, batch.records
         else:
-            data = _quote_lines(encoders[batch.table.name](batch.rows)) if batch.rows else b""
-            records = len(batch.rows)
+            rows = rows_of(batch, "csv")
+            data = _quote_lines(encoders[batch.table.name](rows)) if rows else b""
+            records = len(rows)
         point = sections.add(batch.table, records)
         yield Chunk(data, batch.cursor, records, point)
     if include_metadata:

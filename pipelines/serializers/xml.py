@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
 import orjson
 
 from pipelines.formats.metadata import format_instant
-from pipelines.formats.values import export_boolean, iso_timestamp
-from pipelines.records import ExportHeader, ExportTrailer, Row, SourceBatch, Table
+from pipelines.records import ExportHeader, ExportTrailer, Row, RowBatch, SourceBatch, Table
 from pipelines.serializers.common import Chunk, ResumePoint, Sections, rows_of
 
 NAMESPACE: Final = "urn:data-export:export:1"
@@ -27,17 +26,20 @@ RECORD_ELEMENTS: Final = {"users": "user", "files": "file"}
 # Characters outside XML 1.0's Char production (NUL cannot come from PostgreSQL but is covered).
 FORBIDDEN: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
-# NULL is formatted as a NUL-based marker (PostgreSQL text never holds NUL) and turned into
-# `xsi:nil` once per batch; a base64 value carries a marker that becomes its attribute.
-_NIL: Final = "\x00N"
-_BASE64: Final = "\x00B"
-_NIL_ELEMENT: Final = re.compile(b"<([A-Za-z_][A-Za-z0-9_]*)>\x00N</\\1>")
-_BASE64_ELEMENT: Final = re.compile(b"<([A-Za-z_][A-Za-z0-9_]*)>\x00B")
-# C0 controls XML 1.0 forbids, as UTF-8 bytes (never part of a multi-byte sequence); NUL is left
-# out because it only ever comes from the markers above.
-_FORBIDDEN_BYTES: Final = bytes([*range(0x01, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
+# Markup is laid out with NUL (which PostgreSQL text never holds) in place of `<`, so a whole batch
+# can be escaped with a few C-speed replaces and the markup restored after; NUL in a value makes
+# its row go the careful way, like any other character XML forbids.
+_MARK: Final = "\x00"
+# C0 controls XML 1.0 forbids, as UTF-8 bytes (never part of a multi-byte sequence), all mapped to
+# one byte so a batch is searched for them in one pass; and the two forbidden noncharacters.
+_FLAG: Final = b"\x01"
+_FORBIDDEN_CONTROLS: Final = bytes([*range(0x01, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
+_FLAG_FORBIDDEN: Final = bytes.maketrans(_FORBIDDEN_CONTROLS, _FLAG * len(_FORBIDDEN_CONTROLS))
 _NONCHARACTERS: Final = ("\ufffe".encode(), "\uffff".encode())
+_MARK_BYTES: Final = _MARK.encode()
 _PG_UTC_TIMESTAMP: Final = rb"(\d{4,}-\d\d-\d\d) (\d\d:\d\d:\d\d(?:\.\d{1,6})?)\+00"
+# What the batch-wide pass escapes in values (markup holds none of them): `&` first.
+_BATCH_ESCAPES: Final = ((b"&", b"&amp;"), (b"<", b"&lt;"), (b"]]>", b"]]&gt;"), (b"\r", b"&#13;"))
 
 
 def escape_text(text: str) -> str:
@@ -61,94 +63,126 @@ def escape_attribute(text: str) -> str:
     return escape_text(text).replace('"', "&quot;").replace("\t", "&#9;").replace("\n", "&#10;")
 
 
-def _encoded(text: str) -> str:
-    if FORBIDDEN.search(text) is None:
-        return escape_text(text)
-    return _BASE64 + base64.b64encode(text.encode("utf-8", "surrogatepass")).decode("ascii")
+def _find_all(data: bytes, needle: bytes) -> Iterator[int]:
+    """Yield every offset of `needle` in `data`."""
+    position = data.find(needle)
+    while position >= 0:
+        yield position
+        position = data.find(needle, position + 1)
 
 
-def _escaped_timestamp(text: str) -> str:
-    return escape_text(iso_timestamp(text))
+def _element(name: str, value: str | None) -> str:
+    """Return one column element in batch form: NUL for `<`, the value not yet escaped."""
+    if value is None:
+        return f'{_MARK}{name} xsi:nil="true"/>'
+    if FORBIDDEN.search(value) is None:
+        return f"{_MARK}{name}>{value}{_MARK}/{name}>"
+    encoded = base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")
+    return f'{_MARK}{name} encoding="base64">{encoded}{_MARK}/{name}>'
 
 
-_CAREFUL_CONVERTERS: Final[dict[str, Callable[[str], str]]] = {
-    "text": _encoded,
-    "jsonb": _encoded,
-    "uuid": escape_text,
-    "bigint": escape_text,
-    "boolean": export_boolean,
-    "timestamptz": _escaped_timestamp,
-}
+class _RecordWriter:
+    """Write rows of one table as UTF-8 record elements, a batch at a time.
 
-
-def _row_elements(table: Table) -> Callable[[Sequence[Row]], bytes]:
-    """Return a function writing rows of `table` as UTF-8 record elements.
-
-    The fast path formats a whole batch, then escapes and converts with a few C-speed passes over
-    it; a batch holding `<` or a character XML forbids takes the careful path, value by value.
+    Each row fills a %-template (one per pattern of NULL columns); a row holding a character XML
+    forbids is written value by value, with those values in base64. Then the batch is escaped,
+    markup restored and, unless the database already did (`export_values`), timestamps and
+    booleans rewritten, each in one C-speed pass.
     """
-    record = RECORD_ELEMENTS[table.name]
-    template = f"\n<{record}>"
-    for column in table.columns:
-        template += f"<{column.name}>%s</{column.name}>"
-    template += f"</{record}>"
-    markup_lt = template.count("<")
-    converters = [
-        (position, _CAREFUL_CONVERTERS[column.kind])
-        for position, column in enumerate(table.columns)
-        if column.kind in _CAREFUL_CONVERTERS
-    ]
-    rewrites = _batch_rewrites(table)
 
-    def careful(rows: Sequence[Row]) -> bytes:
-        lines: list[str] = []
-        for row in rows:
-            values = [_NIL if value is None else value for value in row]
-            for position, convert in converters:
-                value = values[position]
-                if value is not _NIL:
-                    values[position] = convert(value)
-            lines.append(template % tuple(values))
-        return "".join(lines).encode()
+    def __init__(self, table: Table) -> None:
+        record = RECORD_ELEMENTS[table.name]
+        self._names = table.column_names
+        self._width = len(self._names)
+        self._opening, self._closing = f"\n{_MARK}{record}>", f"{_MARK}/{record}>"
+        self._row_start = self._opening.encode()
+        self._templates: dict[tuple[bool, ...], str] = {}
+        self._plain = self._template((False,) * self._width)
+        self._single_null = [
+            self._template(tuple(i == j for j in range(self._width))) for i in range(self._width)
+        ]
+        self._rewrites = _batch_rewrites(table)
 
-    def fast(rows: Sequence[Row]) -> bytes | None:
-        lines: list[str] = []
-        append = lines.append
-        for row in rows:
-            append(
-                template % (tuple(_NIL if v is None else v for v in row) if None in row else row)
-            )
+    def __call__(self, rows: Sequence[Row], export_values: bool) -> bytes:
+        lines, marks = self._fill(rows)
+        text = "".join(lines)
         try:
-            data = "".join(lines).encode()
-        except UnicodeEncodeError:  # a lone surrogate
-            return None
-        if (
-            data.count(b"<") != markup_lt * len(rows)
-            or len(data.translate(None, _FORBIDDEN_BYTES)) != len(data)
-            or any(noncharacter in data for noncharacter in _NONCHARACTERS)
-        ):
-            return None
-        for pattern, replacement in rewrites:
-            data = pattern.sub(replacement, data)
-        # Markup holds none of these, so they can be escaped in the whole batch at once.
-        for special, reference in ((b"&", b"&amp;"), (b"]]>", b"]]&gt;"), (b"\r", b"&#13;")):
+            data = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate, which only a careful row can write
+            data = self._repaired(rows, lines, range(len(lines)))
+        else:
+            suspects = self._suspects(data, marks, len(rows))
+            if suspects:
+                data = self._repaired(rows, lines, suspects)
+        for special, reference in _BATCH_ESCAPES:
             if special in data:
                 data = data.replace(special, reference)
-        if b"\x00" in data:
-            data = _NIL_ELEMENT.sub(b'<\\1 xsi:nil="true"/>', data)
-            if b"\x00" in data:  # a NUL that was not a marker: only the careful path is safe
-                return None
+        data = data.replace(_MARK_BYTES, b"<")
+        if not export_values:
+            for pattern, replacement in self._rewrites:
+                data = pattern.sub(replacement, data)
         return data
 
-    def elements(rows: Sequence[Row]) -> bytes:
-        data = fast(rows)
-        if data is None:
-            data = careful(rows)
-            data = _NIL_ELEMENT.sub(b'<\\1 xsi:nil="true"/>', data)
-            data = _BASE64_ELEMENT.sub(b'<\\1 encoding="base64">', data)
-        return data
+    def _template(self, nulls: tuple[bool, ...]) -> str:
+        found = self._templates.get(nulls)
+        if found is None:
+            body = "".join(
+                _element(name, None if null else "%s")
+                for name, null in zip(self._names, nulls, strict=True)
+            )
+            found = self._templates[nulls] = self._opening + body + self._closing
+        return found
 
-    return elements
+    def _fill(self, rows: Sequence[Row]) -> tuple[list[str], int]:
+        """Return each row in its template, and how many markup NULs they hold together."""
+        lines: list[str] = []
+        append = lines.append
+        plain, single_null = self._plain, self._single_null
+        # Markup NULs in a row: two per element, one per nil element, two for the record.
+        full = 2 * self._width + 2
+        nulls_seen = 0
+        for row in rows:
+            if None not in row:
+                append(plain % row)
+            elif row.count(None) == 1:
+                position = row.index(None)
+                append(single_null[position] % (row[:position] + row[position + 1 :]))
+                nulls_seen += 1
+            else:
+                nulls = tuple(value is None for value in row)
+                append(self._template(nulls) % tuple(v for v in row if v is not None))
+                nulls_seen += sum(nulls)
+        return lines, full * len(rows) - nulls_seen
+
+    def _suspects(self, data: bytes, marks: int, rows: int) -> Sequence[int]:
+        """Return the rows of the batch `data` that hold a character XML forbids, in order."""
+        if data.count(_MARK_BYTES) != marks:  # a value holds NUL: look at every row
+            return range(rows)
+        flagged = data.translate(_FLAG_FORBIDDEN)
+        positions = [
+            *_find_all(flagged, _FLAG),
+            *(p for noncharacter in _NONCHARACTERS for p in _find_all(data, noncharacter)),
+        ]
+        if not positions:
+            return ()
+        found: list[int] = []
+        row, counted_to = -1, 0
+        for position in sorted(positions):
+            row += data.count(self._row_start, counted_to, position)
+            counted_to = position
+            if not found or found[-1] != row:
+                found.append(row)
+        return found
+
+    def _repaired(self, rows: Sequence[Row], lines: list[str], suspects: Iterable[int]) -> bytes:
+        """Return the batch with the `suspects` rows written value by value."""
+        for index in suspects:
+            lines[index] = self._careful(rows[index])
+        return "".join(lines).encode()
+
+    def _careful(self, row: Row) -> str:
+        body = "".join(_element(name, value) for name, value in zip(self._names, row, strict=True))
+        return self._opening + body + self._closing
 
 
 def _batch_rewrites(table: Table) -> list[tuple[re.Pattern[bytes], bytes]]:
@@ -213,7 +247,7 @@ def encode_xml(
 ) -> Iterator[Chunk]:
     """Yield the XML document for `batches`, or only its tail after `resume`."""
     sections = Sections(tables, resume)
-    encoders = {table.name: _row_elements(table) for table in sections.tables}
+    encoders = {table.name: _RecordWriter(table) for table in sections.tables}
     if resume is None:
         text = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -223,11 +257,12 @@ def encode_xml(
             text += _header_element(header)
         yield Chunk(text.encode(), None, 0)
     for batch in batches:
-        rows = rows_of(batch, "xml")
+        rows = rows_of(batch, "xml", export_values=True)
+        export_values = isinstance(batch, RowBatch) and batch.export_values
         parts = [_transition(*step) for step in sections.enter(batch)]
         data = "".join(parts).encode()
         if rows:
-            data += encoders[batch.table.name](rows)
+            data += encoders[batch.table.name](rows, export_values)
         point = sections.add(batch.table, len(rows))
         yield Chunk(data, batch.cursor, len(rows), point)
     text = "".join(_transition(*step) for step in sections.finish())

@@ -77,6 +77,20 @@ def test_json_writes_typed_values_and_iso_timestamps() -> None:
     assert b'"metadata":{"k": [1, 2.50]}}' in data
 
 
+def test_xml_writes_only_the_rows_with_forbidden_characters_value_by_value() -> None:
+    rows = [user("plain <&>"), user("nul\x00"), user("ok ]]>"), user("nonchar \uffff"), user("z")]
+
+    data = encoded("xml", rows)
+
+    assert b"<display_name>plain &lt;&amp;></display_name>" in data
+    assert b'<display_name encoding="base64">bnVsAA==</display_name>' in data
+    assert b"<display_name>ok ]]&gt;</display_name>" in data
+    assert b'<display_name encoding="base64">bm9uY2hhciDvv78=</display_name>' in data
+    assert b"<display_name>z</display_name>" in data
+    assert data.count(b'encoding="base64"') == 2
+    assert b"\x00" not in data
+
+
 def test_xml_base64_encodes_values_with_forbidden_characters_even_lone_surrogates() -> None:
     data = encoded("xml", [user("bell\x07"), user("half \ud800")])
     assert b'<display_name encoding="base64">YmVsbAc=</display_name>' in data

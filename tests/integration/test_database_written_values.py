@@ -1,10 +1,10 @@
-"""CSV written by PostgreSQL is the CSV serializer's output, byte for byte, and resumes alike."""
+"""What PostgreSQL writes or converts for an export (CSV records, XML values) is byte for byte
+what the serializers write from PostgreSQL's own text, and resumes alike."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 from pipelines.database import connect
 from pipelines.export import make_header
 from pipelines.options import ExportOptions
-from pipelines.records import EncodedBatch, RowBatch, SourceBatch, export_tables
-from pipelines.serializers import Chunk, encode_csv
+from pipelines.records import EncodedBatch, RowBatch, export_tables
+from pipelines.serializers import ENCODERS, Chunk, encode_csv
 from pipelines.sources import SourcePosition, UserRange, begin_snapshot, iter_shard_batches
 
 # Values whose first character a spreadsheet would run, characters CSV must quote, and text that
 # looks like a record boundary of COPY's output.
 TEXT = st.one_of(
-    st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=20),
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=20),
     st.lists(
         st.sampled_from(
             ["=1+1", "+", "-", "@", "\t", "\r", "'", '"', ",", "\n", '\n"files","', "é"]
@@ -117,9 +117,9 @@ def _fill(url: str, users: list[tuple[Any, ...]], files: list[tuple[Any, ...]]) 
 
 
 def _encode(
-    url: str, options: ExportOptions, *, batch_rows: int, read_as: str = "csv"
+    url: str, options: ExportOptions, *, batch_rows: int, read_as: str | None = None
 ) -> list[Chunk]:
-    """Return the CSV export's chunks, its source read for `read_as` (rows unless csv)."""
+    """Return the export's chunks, its source read as for format `read_as` (default: its own)."""
     header = make_header(
         export_id="e1",
         export_type="bulk",
@@ -129,10 +129,13 @@ def _encode(
     with connect(url) as conn:
         begin_snapshot(conn)
         batches = iter_shard_batches(
-            conn, users=UserRange(), options=replace(options, format=read_as), batch_rows=batch_rows
+            conn,
+            users=UserRange(),
+            options=replace(options, format=read_as or options.format),
+            batch_rows=batch_rows,
         )
         chunks = list(
-            encode_csv(
+            ENCODERS[options.format](
                 batches,
                 tables=export_tables(options.include_system_fields),
                 header=header,
@@ -143,9 +146,14 @@ def _encode(
     return chunks
 
 
-def _kinds(batches: Iterable[SourceBatch]) -> Iterator[type]:
-    for batch in batches:
-        yield type(batch)
+def _kinds(url: str, export_format: str) -> set[tuple[type, bool]]:
+    """Return the kinds of batch a shard source yields for `export_format`."""
+    options = ExportOptions(format=export_format)
+    with connect(url) as conn:
+        begin_snapshot(conn)
+        batches = list(iter_shard_batches(conn, users=UserRange(), options=options))
+        conn.rollback()
+    return {(type(b), isinstance(b, RowBatch) and b.export_values) for b in batches}
 
 
 @settings(
@@ -156,22 +164,24 @@ def _kinds(batches: Iterable[SourceBatch]) -> Iterator[type]:
 @given(
     users=USERS_ROWS,
     files=FILES_ROWS,
-    layout=st.tuples(st.booleans(), st.booleans()),
+    layout=st.tuples(st.booleans(), st.booleans(), st.sampled_from(["csv", "xml"])),
     batch_rows=st.sampled_from([1, 3, 2000]),
 )
-def test_database_written_csv_is_the_serializers_csv_byte_for_byte(
+def test_database_written_csv_and_xml_values_give_the_serializers_bytes(
     database_url: str,
     users: list[tuple[Any, ...]],
     files: list[tuple[Any, ...]],
-    layout: tuple[bool, bool],
+    layout: tuple[bool, bool, str],
     batch_rows: int,
 ) -> None:
-    include_metadata, include_system = layout
+    include_metadata, include_system, export_format = layout
     _fill(database_url, users, files)
     options = ExportOptions(
-        format="csv", include_metadata=include_metadata, include_system_fields=include_system
+        format=export_format,
+        include_metadata=include_metadata,
+        include_system_fields=include_system,
     )
-    # The same source read as rows (any other format) and written by the Python serializer.
+    # The same source read as PostgreSQL's text (as for JSON) and written by the serializer.
     reference = _encode(database_url, options, batch_rows=2000, read_as="json")
 
     written = _encode(database_url, options, batch_rows=batch_rows)
@@ -180,21 +190,13 @@ def test_database_written_csv_is_the_serializers_csv_byte_for_byte(
     assert sum(c.records for c in written) == sum(c.records for c in reference)
 
 
-def test_a_csv_export_reads_records_the_database_wrote(database_url: str) -> None:
+def test_csv_reads_records_and_xml_converted_values_from_the_database(database_url: str) -> None:
     _fill(database_url, [("a@example.com", "A", {}, "2024-01-01 00:00:00+00", None, False)], [])
-    options = ExportOptions(format="csv")
-    with connect(database_url) as conn:
-        begin_snapshot(conn)
-        kinds = set(_kinds(iter_shard_batches(conn, users=UserRange(), options=options)))
-        conn.rollback()
 
-    assert kinds == {EncodedBatch}
-    with connect(database_url) as conn:
-        begin_snapshot(conn)
-        other = replace(options, format="jsonl")
-        kinds = set(_kinds(iter_shard_batches(conn, users=UserRange(), options=other)))
-        conn.rollback()
-    assert kinds == {RowBatch}
+    assert _kinds(database_url, "csv") == {(EncodedBatch, False)}
+    assert _kinds(database_url, "xml") == {(RowBatch, True)}
+    assert _kinds(database_url, "jsonl") == {(RowBatch, False)}
+    assert _kinds(database_url, "json") == {(RowBatch, False)}
 
 
 def test_resuming_after_any_batch_writes_the_rest_exactly(database_url: str) -> None:
