@@ -109,11 +109,16 @@ class _RecordWriter:
         try:
             data = text.encode()
         except UnicodeEncodeError:  # a lone surrogate, which only a careful row can write
-            data = self._repaired(rows, lines, range(len(lines)))
+            data = self._rewritten(rows, lines, range(len(lines)))
         else:
-            suspects = self._suspects(data, marks, len(rows))
-            if suspects:
-                data = self._repaired(rows, lines, suspects)
+            if data.count(_MARK_BYTES) != marks:  # a value holds NUL: look at every row
+                data = self._rewritten(rows, lines, range(len(lines)))
+            elif any(noncharacter in data for noncharacter in _NONCHARACTERS):
+                found = [p for n in _NONCHARACTERS for p in _find_all(data, n)]
+                found.extend(_find_all(data.translate(_FLAG_FORBIDDEN), _FLAG))
+                data = self._rewritten(rows, lines, self._rows_at(data, sorted(found)))
+            else:
+                data = self._spliced(rows, data)
         for special, reference in _BATCH_ESCAPES:
             if special in data:
                 data = data.replace(special, reference)
@@ -154,27 +159,42 @@ class _RecordWriter:
                 nulls_seen += sum(nulls)
         return lines, full * len(rows) - nulls_seen
 
-    def _suspects(self, data: bytes, marks: int, rows: int) -> Sequence[int]:
-        """Return the rows of the batch `data` that hold a character XML forbids, in order."""
-        if data.count(_MARK_BYTES) != marks:  # a value holds NUL: look at every row
-            return range(rows)
+    def _spliced(self, rows: Sequence[Row], data: bytes) -> bytes:
+        """Return the batch with every row holding a forbidden control written value by value.
+
+        One translate pass flags the controls; each flagged row is found between its record
+        markers and replaced, and the search goes on after it.
+        """
         flagged = data.translate(_FLAG_FORBIDDEN)
-        positions = [
-            *_find_all(flagged, _FLAG),
-            *(p for noncharacter in _NONCHARACTERS for p in _find_all(data, noncharacter)),
-        ]
-        if not positions:
-            return ()
+        position = flagged.find(_FLAG)
+        if position < 0:
+            return data
+        pieces: list[bytes] = []
+        rows_before, counted_to, kept_to = 0, 0, 0
+        while position >= 0:
+            start = data.rfind(self._row_start, 0, position)
+            rows_before += data.count(self._row_start, counted_to, start)
+            counted_to = start
+            end = data.find(self._row_start, position)
+            end = len(data) if end < 0 else end
+            pieces += (data[kept_to:start], self._careful(rows[rows_before]).encode())
+            kept_to = end
+            position = flagged.find(_FLAG, end)
+        pieces.append(data[kept_to:])
+        return b"".join(pieces)
+
+    def _rows_at(self, data: bytes, positions: Sequence[int]) -> list[int]:
+        """Return the rows holding the byte offsets `positions` (sorted), once each."""
         found: list[int] = []
         row, counted_to = -1, 0
-        for position in sorted(positions):
+        for position in positions:
             row += data.count(self._row_start, counted_to, position)
             counted_to = position
             if not found or found[-1] != row:
                 found.append(row)
         return found
 
-    def _repaired(self, rows: Sequence[Row], lines: list[str], suspects: Iterable[int]) -> bytes:
+    def _rewritten(self, rows: Sequence[Row], lines: list[str], suspects: Iterable[int]) -> bytes:
         """Return the batch with the `suspects` rows written value by value."""
         for index in suspects:
             lines[index] = self._careful(rows[index])
