@@ -1,8 +1,8 @@
 """Frame codecs: start, feed, flush and finish one gzip member or zstd frame, and pad a part.
 
 Frames are independent, so a part of whole frames decompresses alone and a resumed export starts a
-fresh frame at a part boundary. gzip is ISA-L's deflate (`isal`): a sixth of zlib 6's time for ~4 %
-more bytes. Padding is format-level, skipped by every reader: a zstd skippable frame or empty gzip
+fresh frame at a part boundary. gzip is zlib-ng's deflate (`zlib-ng`): at level 6 less than half
+of zlib 6's time for output 4 % smaller on export data. Padding is format-level, skipped by every reader: a zstd skippable frame or empty gzip
 members with an FEXTRA field. Deterministic (no timestamps, no threads); no I/O.
 """
 
@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Final
 
 import zstandard
-from isal import isal_zlib
+from zlib_ng import zlib_ng
 
 from pipelines.errors import PermanentError
 
@@ -21,12 +21,11 @@ COMPRESSIONS: Final = ("none", "gzip", "zstd")
 
 # zstd level 1 measured twice as fast as level 3 at the same ratio on export data.
 DEFAULT_ZSTD_LEVEL: Final = 1
-# gzip levels are ISA-L's, 0-3 (`igzip -0` to `-3`), not zlib's 1-9. On a 211 MB CSV export
-# level 3 wrote 3.7-3.9 % more than `gzip -6` in 0.11-0.17 of its time; 1 and 2 wrote 5.5-6.5 %
-# more to save ~8 % of an export's time; 0 uses a fixed table and wrote 44 % more.
-MIN_GZIP_LEVEL: Final = 0
-MAX_GZIP_LEVEL: Final = 3
-DEFAULT_GZIP_LEVEL: Final = 3
+# gzip levels are gzip's own 1-9. On a 211 MB CSV export zlib-ng level 6 took 0.48 of zlib 6's
+# time and wrote 3.7 % less; level 1 (static codes only) wrote 52 % more than level 6.
+MIN_GZIP_LEVEL: Final = 1
+MAX_GZIP_LEVEL: Final = 9
+DEFAULT_GZIP_LEVEL: Final = 6
 
 # zstd blocks hold at most 128 KiB of input; a block that does not shrink is stored raw with a
 # 3-byte header, so a frame never grows more than 3 bytes per block beyond its input.
@@ -38,23 +37,21 @@ ZSTD_SKIPPABLE_MAGIC: Final = 0x184D2A50
 # Magic (4) plus little-endian length (4): the smallest skippable frame.
 ZSTD_SKIPPABLE_HEADER_BYTES: Final = 8
 
-# Worst-case growth of an ISA-L gzip member, as `GzipCodec.bound` uses it.
-# Levels 1-3 build a Huffman table per block and store a block raw (5 bytes per 64 KiB) whenever
-# that is smaller, so output stays within a few bytes per block of the input: random data measured
-# at most 0.0011 bytes per input byte plus 23. The slope allows 1/64 (room for a 328-byte block
-# header per 21 KiB) and the constant covers the gzip header and trailer (18), the final block
-# and a sync flush's empty stored block (5), rounded up.
+# Worst-case growth of a zlib-ng gzip member, as `GzipCodec.bound` uses it.
+# Levels 2-9 build Huffman tables per block and store a block raw (5 bytes per 64 KiB) whenever
+# that is smaller, so output stays within a few bytes per block of the input (zlib's deflateBound
+# allows 1/4096 + 1/16384). The slope allows 1/64 and the constant covers the gzip header and
+# trailer (18), the final block and a sync flush's empty stored block (5), rounded up.
 DEFLATE_SLOPE_SHIFT: Final = 6
 DEFLATE_OVERHEAD_BYTES: Final = 64
-# Level 0 codes with a fixed table and never stores raw: its longest literal code is 11 bits and
-# its costliest match is under 12 bits a byte, so allow 12 bits (1.5 bytes) a byte. The constant
-# covers the table's block header (at most 328 bytes, ISAL_DEF_MAX_HDR_SIZE), the gzip header and
-# trailer and a sync flush, rounded up. Random bytes over the longest codes measured 1.375.
-FIXED_TABLE_SLOPE_SHIFT: Final = 1
-FIXED_TABLE_OVERHEAD_BYTES: Final = 400
-# ISA-L's buffer size for levels 1-3 (zlib's memLevel scale). It sets the block size and so the
-# bytes written: pinned so a default changing in the library cannot change output.
-ISAL_MEM_LEVEL: Final = 8
+# Level 1 (zlib-ng's deflate_quick) codes with the static tables and never stores raw: literals
+# take at most 9 bits, matches less per byte, so allow 1/8 more (zlib-ng's own
+# DEFLATE_QUICK_OVERHEAD) plus a block header, the gzip wrapper and a sync flush, rounded up.
+STATIC_CODES_SLOPE_SHIFT: Final = 3
+STATIC_CODES_OVERHEAD_BYTES: Final = 128
+# zlib's memLevel: it sets the block size and so the bytes written, pinned so a default changing
+# in the library cannot change output.
+DEFLATE_MEM_LEVEL: Final = 8
 # Header (10), XLEN (2), one subfield header (4), empty deflate block (2), CRC32 and ISIZE (8).
 GZIP_PAD_MIN_BYTES: Final = 26
 # XLEN is a 16-bit field.
@@ -63,7 +60,7 @@ _GZIP_PAD_HEADER: Final = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"  # FEXTRA,
 # RFC 1952 subfield id for the padding: two ASCII letters, registered nowhere, ignored by readers.
 _GZIP_PAD_SUBFIELD_ID: Final = b"Pd"
 _GZIP_EMPTY_BODY: Final = b"\x03\x00" + struct.pack("<II", 0, 0)  # final fixed block, CRC 0, size 0
-# wbits (zlib's convention, which isal follows): 16 + 15 asks for a gzip wrapper, 32 KiB window.
+# wbits: 16 + 15 asks for a gzip wrapper and a 32 KiB window.
 _GZIP_WBITS: Final = 31
 
 
@@ -144,7 +141,7 @@ class ZstdCodec(FrameCodec):
 
 
 class GzipCodec(FrameCodec):
-    """gzip members (ISA-L deflate), padded with empty members carrying an FEXTRA field."""
+    """gzip members (zlib-ng deflate), padded with empty members carrying an FEXTRA field."""
 
     name = "gzip"
     content_encoding = "gzip"
@@ -153,36 +150,36 @@ class GzipCodec(FrameCodec):
     def __init__(self, level: int = DEFAULT_GZIP_LEVEL) -> None:
         if not MIN_GZIP_LEVEL <= level <= MAX_GZIP_LEVEL:
             raise PermanentError(
-                f"gzip level must be between {MIN_GZIP_LEVEL} and {MAX_GZIP_LEVEL} "
-                f"(ISA-L deflate levels), got {level}"
+                f"gzip level must be between {MIN_GZIP_LEVEL} and {MAX_GZIP_LEVEL}, got {level}"
             )
         self._level = level
-        self._member: isal_zlib.Compress | None = None
-        if level == 0:
-            self._slope_shift, self._overhead = FIXED_TABLE_SLOPE_SHIFT, FIXED_TABLE_OVERHEAD_BYTES
+        self._member: zlib_ng._Compress | None = None
+        if level == 1:
+            self._slope_shift = STATIC_CODES_SLOPE_SHIFT
+            self._overhead = STATIC_CODES_OVERHEAD_BYTES
         else:
             self._slope_shift, self._overhead = DEFLATE_SLOPE_SHIFT, DEFLATE_OVERHEAD_BYTES
 
     def start(self) -> None:
-        self._member = isal_zlib.compressobj(
-            self._level, isal_zlib.DEFLATED, _GZIP_WBITS, ISAL_MEM_LEVEL
+        self._member = zlib_ng.compressobj(
+            self._level, zlib_ng.DEFLATED, _GZIP_WBITS, DEFLATE_MEM_LEVEL
         )
 
     def compress(self, data: bytes) -> bytes:
         return self._open().compress(data)
 
     def flush(self) -> bytes:
-        return self._open().flush(isal_zlib.Z_SYNC_FLUSH)
+        return self._open().flush(zlib_ng.Z_SYNC_FLUSH)
 
     def finish(self) -> bytes:
-        out = self._open().flush(isal_zlib.Z_FINISH)
+        out = self._open().flush(zlib_ng.Z_FINISH)
         self._member = None
         return out
 
     def bound(self, size: int) -> int:
         return size + (size >> self._slope_shift) + self._overhead
 
-    def _open(self) -> isal_zlib.Compress:
+    def _open(self) -> zlib_ng._Compress:
         if self._member is None:
             raise RuntimeError("no gzip member is open: call start() first")
         return self._member
