@@ -617,6 +617,11 @@ def load_average() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
 
+def served_cpu_ms(row: Measurement) -> float:
+    """Return the CPU milliseconds per request of the serving processes (not the generator)."""
+    return row.gunicorn_cpu_ms + row.postgres_cpu_ms + row.redis_cpu_ms
+
+
 def report(rows: Sequence[Measurement], *, loads: tuple[str, str], niceness: int | None) -> str:
     """Return the results table and the verdict on each target, as Markdown."""
     priority = "default priority" if niceness is None else f"measured processes at nice {niceness}"
@@ -639,10 +644,15 @@ def report(rows: Sequence[Measurement], *, loads: tuple[str, str], niceness: int
     trivial_rate = (trivial.requests_per_second + again.requests_per_second) / 2
     ratio = enqueue.requests_per_second / trivial_rate
     met = "met" if ratio >= ENQUEUE_TARGET_RATIO else "not met"
+    trivial_cpu = (served_cpu_ms(trivial) + served_cpu_ms(again)) / 2
+    enqueue_cpu = served_cpu_ms(enqueue)
     lines += [
         "",
         f"- Enqueue at {ratio:.0%} of the trivial endpoint's requests/s (mean of its two runs) "
         f"(target >= {ENQUEUE_TARGET_RATIO:.0%}): {met}.",
+        f"- Enqueue CPU per request {enqueue_cpu:.2f} ms (gunicorn + PostgreSQL + Redis) against "
+        f"{trivial_cpu:.2f} ms for the trivial endpoint: {trivial_cpu / enqueue_cpu:.0%} of its "
+        "requests per CPU-second, whichever worker the connections landed on.",
         f"- Status p99 at half its peak: {half.p99_ms:.2f} ms (target < "
         f"{STATUS_P99_TARGET_MS:.0f} ms): "
         f"{'met' if half.p99_ms < STATUS_P99_TARGET_MS else 'not met'}.",
