@@ -2,8 +2,9 @@
 
 Frames are independent, so a part of whole frames decompresses alone and a resumed export starts a
 fresh frame at a part boundary. gzip is zlib-ng's deflate (`zlib-ng`): at level 6 less than half
-of zlib 6's time for output 4 % smaller on export data. Padding is format-level, skipped by every reader: a zstd skippable frame or empty gzip
-members with an FEXTRA field. Deterministic (no timestamps, no threads); no I/O.
+of zlib 6's time for output 4 % smaller on export data. Padding is format-level, skipped by every
+reader: a zstd skippable frame or empty gzip members with an FEXTRA field. Deterministic (no
+timestamps, no threads); no I/O.
 """
 
 from __future__ import annotations
