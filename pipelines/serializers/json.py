@@ -1,8 +1,9 @@
 """Encode an export stream as one JSON document, one record per line inside the table arrays.
 
 Values stay PostgreSQL text: bigint and jsonb are embedded unparsed with `orjson.Fragment`,
-timestamps become ISO 8601 with `Z`. The line layout (docs/formats.md) lets a reader stream the
-document line by line while any JSON parser still reads it whole. No I/O here.
+timestamps become ISO 8601 with `Z` (or arrive so, converted by the database: `export_values`).
+The line layout (docs/formats.md) lets a reader stream the document line by line while any JSON
+parser still reads it whole. No I/O here.
 """
 
 from __future__ import annotations
@@ -14,18 +15,24 @@ import orjson
 
 from pipelines.formats.metadata import header_fields, trailer_fields
 from pipelines.formats.values import iso_timestamp
-from pipelines.records import ExportHeader, Row, SourceBatch, Table
+from pipelines.records import ExportHeader, Row, RowBatch, SourceBatch, Table
 from pipelines.serializers.common import Chunk, ResumePoint, Sections, rows_of
 
 FORMAT_NAME: Final = "data-export"
 
 _BOOLEANS: Final = {"t": True, "f": False}
+_EXPORT_BOOLEANS: Final = {"true": True, "false": False}
 
-RowObjects = Callable[[Sequence[Row]], list[bytes]]
+# Rows in, one JSON object per row out; the flag says the rows hold converted values.
+RowObjects = Callable[[Sequence[Row], bool], list[bytes]]
 
 
 def _boolean(text: str) -> bool:
     return _BOOLEANS[text]
+
+
+def _export_boolean(text: str) -> bool:
+    return _EXPORT_BOOLEANS[text]
 
 
 _CONVERTERS: Final[dict[str, Callable[[str], object]]] = {
@@ -34,20 +41,30 @@ _CONVERTERS: Final[dict[str, Callable[[str], object]]] = {
     "boolean": _boolean,
     "timestamptz": iso_timestamp,
 }
+# For rows whose timestamps and booleans the database already converted.
+_EXPORT_VALUE_CONVERTERS: Final[dict[str, Callable[[str], object]]] = {
+    "bigint": orjson.Fragment,
+    "jsonb": orjson.Fragment,
+    "boolean": _export_boolean,
+}
 
 
 def row_objects(table: Table, *, prefix: bytes = b"") -> RowObjects:
     """Return a function encoding rows of `table` as JSON objects, `prefix` spliced after `{`."""
     names = table.column_names
-    converters = [
-        (position, _CONVERTERS[column.kind])
-        for position, column in enumerate(table.columns)
-        if column.kind in _CONVERTERS
-    ]
+    converter_sets = {
+        export_values: [
+            (position, chosen[column.kind])
+            for position, column in enumerate(table.columns)
+            if column.kind in chosen
+        ]
+        for export_values, chosen in ((False, _CONVERTERS), (True, _EXPORT_VALUE_CONVERTERS))
+    }
     dumps = orjson.dumps
     opening = b"{" + prefix
 
-    def encode(rows: Sequence[Row]) -> list[bytes]:
+    def encode(rows: Sequence[Row], export_values: bool) -> list[bytes]:
+        converters = converter_sets[export_values]
         out: list[bytes] = []
         append = out.append
         for row in rows:
@@ -61,6 +78,11 @@ def row_objects(table: Table, *, prefix: bytes = b"") -> RowObjects:
         return out
 
     return encode
+
+
+def _converted(batch: SourceBatch) -> bool:
+    """Return whether `batch` holds values the database converted (rows only reach here)."""
+    return isinstance(batch, RowBatch) and batch.export_values
 
 
 def _transition(closing: Table | None, opening: Table | None) -> bytes:
@@ -88,11 +110,11 @@ def encode_json(
             opening += b'\n"header":' + orjson.dumps(header_fields(header)) + b","
         yield Chunk(opening, None, 0)
     for batch in batches:
-        rows = rows_of(batch, "json")
+        rows = rows_of(batch, "json", export_values=True)
         parts: list[bytes] = []
         parts.extend(_transition(*step) for step in sections.enter(batch))
         if rows:
-            objects = encoders[batch.table.name](rows)
+            objects = encoders[batch.table.name](rows, _converted(batch))
             parts.append(b",\n" if sections.counts[batch.table.name] else b"\n")
             parts.append(b",\n".join(objects))
         point = sections.add(batch.table, len(rows))

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import orjson
 
 from pipelines.formats.metadata import header_fields, trailer_fields
-from pipelines.records import ExportHeader, SourceBatch, Table
+from pipelines.records import ExportHeader, RowBatch, SourceBatch, Table
 from pipelines.serializers.common import Chunk, ResumePoint, Sections, rows_of
 from pipelines.serializers.json import FORMAT_NAME, row_objects
 
@@ -34,12 +34,13 @@ def encode_jsonl(
         fields = {"record_type": "header", "format": FORMAT_NAME, **header_fields(header)}
         yield Chunk(orjson.dumps(fields) + b"\n", None, 0)
     for batch in batches:
-        rows = rows_of(batch, "jsonl")
+        rows = rows_of(batch, "jsonl", export_values=True)
         for _step in sections.enter(batch):
             pass  # JSON Lines has no sections; entering only validates the order
         data = b""
         if rows:
-            data = b"\n".join(encoders[batch.table.name](rows)) + b"\n"
+            converted = isinstance(batch, RowBatch) and batch.export_values
+            data = b"\n".join(encoders[batch.table.name](rows, converted)) + b"\n"
         point = sections.add(batch.table, len(rows))
         yield Chunk(data, batch.cursor, len(rows), point)
     if include_metadata:
