@@ -230,7 +230,8 @@ def _iter_csv_records(
 ) -> Iterator[EncodedBatch]:
     """Stream the CSV records PostgreSQL writes for `query`, in batches of about `batch_rows`."""
     # COPY takes no bind parameters: the values are bound on the client, quoted by psycopg.
-    bound = psycopg.ClientCursor(conn).mogrify(query, params)
+    with psycopg.ClientCursor(conn) as binder:
+        bound = binder.mogrify(query, params)
     copy_query = sql.SQL("COPY ({}) TO STDOUT {}").format(sql.SQL(bound), COPY_OPTIONS)
     try:
         with conn.cursor().copy(copy_query) as copy:
