@@ -30,13 +30,13 @@ FORBIDDEN: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uf
 # can be escaped with a few C-speed replaces and the markup restored after; NUL in a value makes
 # its row go the careful way, like any other character XML forbids.
 _MARK: Final = "\x00"
+_MARK_BYTES: Final = _MARK.encode()
 # C0 controls XML 1.0 forbids, as UTF-8 bytes (never part of a multi-byte sequence), all mapped to
 # one byte so a batch is searched for them in one pass; and the two forbidden noncharacters.
 _FLAG: Final = b"\x01"
 _FORBIDDEN_CONTROLS: Final = bytes([*range(0x01, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
 _FLAG_FORBIDDEN: Final = bytes.maketrans(_FORBIDDEN_CONTROLS, _FLAG * len(_FORBIDDEN_CONTROLS))
 _NONCHARACTERS: Final = ("\ufffe".encode(), "\uffff".encode())
-_MARK_BYTES: Final = _MARK.encode()
 _PG_UTC_TIMESTAMP: Final = rb"(\d{4,}-\d\d-\d\d) (\d\d:\d\d:\d\d(?:\.\d{1,6})?)\+00"
 # What the batch-wide pass escapes in values (markup holds none of them): `&` first.
 _BATCH_ESCAPES: Final = ((b"&", b"&amp;"), (b"<", b"&lt;"), (b"]]>", b"]]&gt;"), (b"\r", b"&#13;"))
