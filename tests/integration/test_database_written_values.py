@@ -1,5 +1,6 @@
-"""What PostgreSQL writes or converts for an export (CSV records, XML values) is byte for byte
-what the serializers write from PostgreSQL's own text, and resumes alike."""
+"""What PostgreSQL writes or converts for an export (CSV records; timestamps and booleans for the
+other formats) gives byte for byte what the serializers write from PostgreSQL's own text, and a CSV
+export resumes alike."""
 
 from __future__ import annotations
 
@@ -235,7 +236,7 @@ def test_csv_reads_records_and_the_other_formats_converted_values(database_url: 
     assert _kinds(database_url, "json") == {(RowBatch, True)}
 
 
-def test_resuming_after_any_batch_writes_the_rest_exactly(database_url: str) -> None:
+def test_a_csv_export_resumed_after_any_batch_writes_the_rest_exactly(database_url: str) -> None:
     users = [
         (f"u{i}@example.com", f'"{i}\n', {"n": -i}, "2024-01-01 00:00:00+00", None, False)
         for i in range(4)
