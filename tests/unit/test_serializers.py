@@ -8,7 +8,16 @@ import pytest
 from lxml import etree
 
 from pipelines.formats import xsd_bytes
-from pipelines.records import FILES, USERS, ExportHeader, Row, RowBatch, Table, export_tables
+from pipelines.records import (
+    FILES,
+    USERS,
+    EncodedBatch,
+    ExportHeader,
+    Row,
+    RowBatch,
+    Table,
+    export_tables,
+)
 from pipelines.serializers import ENCODERS, encode_csv, encode_json, encode_xml
 from pipelines.serializers.common import ResumePoint
 
@@ -165,3 +174,51 @@ def test_csv_metadata_rows_carry_header_and_counts_as_json() -> None:
         lines[3]
         == b'"metadata",,,,,,,,,,,,,,"{""counts"":{""users"":1,""files"":0},""records"":1}"'
     )
+
+
+@pytest.mark.parametrize("export_format", ["json", "jsonl", "xml"])
+def test_records_the_database_wrote_as_csv_are_refused_by_the_other_serializers(
+    export_format: str,
+) -> None:
+    batch = EncodedBatch(TABLES[0], "csv", b'"users","x"\r\n', 1, "c1")
+    chunks = ENCODERS[export_format]([batch], tables=TABLES, header=HEADER, include_metadata=False)
+
+    with pytest.raises(ValueError, match="already written as csv"):
+        list(chunks)
+
+
+def test_the_csv_serializer_refuses_converted_values_it_would_convert_again() -> None:
+    batch = RowBatch(TABLES[0], [user("ann")], "c1", export_values=True)
+    chunks = encode_csv([batch], tables=TABLES, header=HEADER, include_metadata=False)
+
+    with pytest.raises(ValueError, match="needs PostgreSQL's own text"):
+        list(chunks)
+
+
+def test_json_writes_converted_values_as_it_writes_postgres_text() -> None:
+    converted = (
+        USER_ID,
+        "a@example.com",
+        "Ann",
+        "user",
+        "{}",
+        "2024-03-01T12:00:00.5Z",
+        "2024-03-01T12:00:00Z",
+    )
+    as_printed = (
+        USER_ID,
+        "a@example.com",
+        "Ann",
+        "user",
+        "{}",
+        "2024-03-01 12:00:00.5+00",
+        "2024-03-01 12:00:00+00",
+    )
+
+    def written(row: Row, export_values: bool) -> bytes:
+        batch = RowBatch(TABLES[0], [row], "c1", export_values=export_values)
+        chunks = encode_json([batch], tables=TABLES, header=HEADER, include_metadata=False)
+        return b"".join(chunk.data for chunk in chunks)
+
+    assert written(converted, True) == written(as_printed, False)
+    assert b'"created_at":"2024-03-01T12:00:00.5Z"' in written(converted, True)
