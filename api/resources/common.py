@@ -57,3 +57,16 @@ def send_json(resp: falcon.Response, document: Any, *, status: int = 200) -> Non
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
     resp.data = orjson.dumps(document)
+
+
+def send_page(
+    resp: falcon.Response,
+    key: str,
+    documents: list[dict[str, Any]],
+    *,
+    total: int,
+    limit: int,
+    offset: int,
+) -> None:
+    """Answer with one page of a list: the documents under `key`, the total and the window."""
+    send_json(resp, {key: documents, "total": total, "limit": limit, "offset": offset})

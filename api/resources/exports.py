@@ -33,7 +33,7 @@ from api.queries import (
 )
 from api.queries import list_exports as query_exports
 from api.ratelimit import apply_rate_limit_headers
-from api.resources.common import origin_of, principal_of, send_json, visible_export
+from api.resources.common import origin_of, principal_of, send_json, send_page, visible_export
 from api.submission import ExportSubmitter
 from pipelines.jobs import append_log, export_logs
 from pipelines.options import FORMATS
@@ -119,15 +119,8 @@ class ExportListResource:
             raise invalid_request(problems)
         with self._database.transaction() as conn:
             page = query_exports(conn, flt)
-        send_json(
-            resp,
-            {
-                "exports": [export_document(row) for row in page.rows],
-                "total": page.total,
-                "limit": flt.limit,
-                "offset": flt.offset,
-            },
-        )
+        documents = [export_document(row) for row in page.rows]
+        send_page(resp, "exports", documents, total=page.total, limit=flt.limit, offset=flt.offset)
 
 
 class ExportStatusResource:

@@ -24,7 +24,7 @@ from api.database import Database
 from api.payloads import read_json_object
 from api.permissions import Action, actor_type, require
 from api.problems import ProblemError, invalid_request
-from api.resources.common import origin_of, principal_of, send_json
+from api.resources.common import origin_of, principal_of, send_json, send_page
 from api.resources.schedule_shared import (
     NOT_FOUND,
     ExportCreation,
@@ -145,15 +145,9 @@ class SchedulesResource(ExportCreation):
                 (principal.user_id, limit, offset),
             )
             rows = cursor.fetchall()
-        send_json(
-            resp,
-            {
-                "schedules": [schedule_document(row) for row in rows],
-                "total": rows[0]["total"] if rows else 0,
-                "limit": limit,
-                "offset": offset,
-            },
-        )
+        documents = [schedule_document(row) for row in rows]
+        total = rows[0]["total"] if rows else 0
+        send_page(resp, "schedules", documents, total=total, limit=limit, offset=offset)
 
 
 @contextmanager
