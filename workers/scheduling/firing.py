@@ -116,18 +116,8 @@ class Scheduler:
     # -- one-off requests ------------------------------------------------------------------
 
     def _fire_request(self, conns: _Connections, now: datetime) -> Fired | None:
-        claim = conns.claim
-        row = claims.claim_due_request(claim, now)
-        if row is None:
-            claim.rollback()
-            return None
-        try:
-            fired = self._request(conns, row)
-        except BaseException:
-            claim.rollback()
-            raise
-        claim.commit()
-        return fired
+        row = claims.claim_due_request(conns.claim, now)
+        return _within_claim(conns.claim, row, lambda claimed: self._request(conns, claimed))
 
     def _request(self, conns: _Connections, row: dict[str, Any]) -> Fired:
         request_id = str(row["id"])
@@ -155,18 +145,8 @@ class Scheduler:
     # -- recurring schedules ---------------------------------------------------------------
 
     def _fire_schedule(self, conns: _Connections, now: datetime) -> Fired | None:
-        claim = conns.claim
-        row = claims.claim_due_schedule(claim, now)
-        if row is None:
-            claim.rollback()
-            return None
-        try:
-            fired = self._schedule(conns, row, now)
-        except BaseException:
-            claim.rollback()
-            raise
-        claim.commit()
-        return fired
+        row = claims.claim_due_schedule(conns.claim, now)
+        return _within_claim(conns.claim, row, lambda claimed: self._schedule(conns, claimed, now))
 
     def _schedule(self, conns: _Connections, row: dict[str, Any], now: datetime) -> Fired:
         schedule_id = str(row["id"])
@@ -378,3 +358,21 @@ class Scheduler:
             conn.rollback()
             raise
         return True
+
+
+def _within_claim(
+    claim: psycopg.Connection[Any],
+    row: dict[str, Any] | None,
+    handle: Callable[[dict[str, Any]], Fired],
+) -> Fired | None:
+    """Handle a claimed row in the claim's transaction: committed if it fires, else rolled back."""
+    if row is None:
+        claim.rollback()
+        return None
+    try:
+        fired = handle(row)
+    except BaseException:
+        claim.rollback()
+        raise
+    claim.commit()
+    return fired
