@@ -1,5 +1,8 @@
 """CSV records written by PostgreSQL: the CSV layout as a COPY query, its output cut in batches.
 
+Also rows for a serializer that works a column at a time (`CsvRowBatch`): the same COPY of a
+table's own columns with converted values, cut the same way with LF kept.
+
 `COPY (SELECT ...) TO STDOUT (FORMAT csv, FORCE_QUOTE *)` quotes exactly as the CSV serializer
 does (every value quoted, quotes doubled, NULL an unquoted empty field) at a fraction of the CPU
 Python needs per row. The SELECT makes the serializer's conversions (timestamps to ISO 8601 with
@@ -29,6 +32,7 @@ from pipelines.serializers.csv import RECORD_TYPE_COLUMN
 from pipelines.sql_values import (
     export_boolean,
     export_timestamp,
+    export_value,
     neutralised_jsonb,
     neutralised_text,
 )
@@ -65,9 +69,17 @@ def csv_select_list(table: Table, layout: Sequence[str]) -> sql.Composable:
     return sql.SQL(", ").join(values)
 
 
+def row_select_list(table: Table) -> sql.Composable:
+    """Return the SELECT list writing rows of `table` for `CsvRowBatch`: its name, then its
+    columns in order with timestamps and booleans converted to export text."""
+    values: list[sql.Composable] = [sql.Literal(table.name)]
+    values += [export_value(column) for column in table.columns]
+    return sql.SQL(", ").join(values)
+
+
 @dataclass(frozen=True, slots=True)
 class CsvBlock:
-    """Whole CSV records with CRLF terminators, how many, and the key fields of the last one."""
+    """Whole CSV records (CRLF or LF terminated), how many, and the key fields of the last one."""
 
     data: bytes
     records: int
@@ -79,28 +91,35 @@ class CsvRecordCutter:
 
     `key_fields` are the positions (in the record, the table name being 0) of the key that orders
     the rows. The last record seen is held back until the next record (or the end) proves it whole.
+    Records end with CRLF, as the CSV format writes them, or with COPY's own LF when `crlf` is
+    false.
     """
 
-    def __init__(self, table_name: str, key_fields: Sequence[int]) -> None:
+    def __init__(self, table_name: str, key_fields: Sequence[int], *, crlf: bool = True) -> None:
         self._table = table_name
         self._start = b'"' + table_name.encode() + b'",'
-        self._boundary = b"\n" + self._start
-        self._crlf_boundary = b"\r\n" + self._start
+        self._lf_boundary = b"\n" + self._start
+        self._terminator = b"\r\n" if crlf else b"\n"
+        self._boundary = self._terminator + self._start
         self._key_fields = tuple(key_fields)
         self._held = b""
 
     def cut(self, output: Sequence[Buffer]) -> CsvBlock | None:
         """Add COPY output; return the records it completed, or None while the last is open."""
         buffer = b"".join([self._held, *output])
-        # One pass turns every record end before a record start into CRLF, adding one byte each.
-        converted = buffer.replace(self._boundary, self._crlf_boundary)
-        ended = len(converted) - len(buffer)
+        if self._boundary == self._lf_boundary:
+            ended = buffer.count(self._boundary)
+        else:
+            # One pass turns every record end before a record start into CRLF, one byte longer.
+            converted = buffer.replace(self._lf_boundary, self._boundary)
+            ended = len(converted) - len(buffer)
+            buffer = converted
         if not ended:
             self._held = buffer
             return None
-        end = converted.rfind(self._crlf_boundary) + 2
-        self._held = converted[end:]
-        return self._block(converted[:end], ended)
+        end = buffer.rfind(self._boundary) + len(self._terminator)
+        self._held = buffer[end:]
+        return self._block(buffer[:end], ended)
 
     def finish(self) -> CsvBlock | None:
         """Return the last record, which the end of the output proves whole."""
@@ -109,14 +128,15 @@ class CsvRecordCutter:
             return None
         if not held.endswith(b"\n"):
             raise ValueError("COPY output ended inside a record")
-        return self._block(held[:-1] + b"\r\n", 1)
+        return self._block(held[:-1] + self._terminator, 1)
 
     def _block(self, data: bytes, records: int) -> CsvBlock:
-        """Return `records` whole records, CRLF-terminated, as a block keyed by the last one."""
+        """Return `records` whole records, terminated, as a block keyed by the last one."""
         if not data.startswith(self._start):
             raise ValueError(f"COPY output does not start with a record of {self._table}")
-        last_start = data.rfind(self._crlf_boundary, 0, len(data) - 2) + 2
-        last = data[last_start if last_start >= 2 else 0 : -2]
+        width = len(self._terminator)
+        last_start = data.rfind(self._boundary, 0, len(data) - width) + width
+        last = data[last_start if last_start >= width else 0 : -width]
         fields = next(csv.reader([last.decode("utf-8")]))
         return CsvBlock(data, records, tuple(fields[i] for i in self._key_fields))
 
@@ -127,13 +147,14 @@ def iter_csv_blocks(
     table_name: str,
     key_fields: Sequence[int],
     batch_messages: int,
+    crlf: bool = True,
 ) -> Iterator[CsvBlock]:
     """Yield whole-record blocks of COPY output, one per `batch_messages` messages or so.
 
     PostgreSQL sends a COPY row per message, so a block holds about that many records; framing
     does not matter for correctness, only for block sizes.
     """
-    cutter = CsvRecordCutter(table_name, key_fields)
+    cutter = CsvRecordCutter(table_name, key_fields, crlf=crlf)
     pending: list[Buffer] = []
     for message in messages:
         pending.append(message)

@@ -135,8 +135,25 @@ class EncodedBatch:
     cursor: object
 
 
-# What a row source yields: rows to serialize, or records the database serialized.
-SourceBatch = RowBatch | EncodedBatch
+@dataclass(frozen=True, slots=True)
+class CsvRowBatch:
+    """Rows of one table as PostgreSQL writes them in CSV, for a serializer that works by column.
+
+    `data` holds `records` whole records, each ended by LF: the table's name, then the table's
+    columns in order, every value quoted (quotes doubled), NULL an unquoted empty field, and
+    timestamps and booleans already in the text exports write (`pipelines.sql_values`).
+    `cursor` is the position to resume from after them.
+    """
+
+    table: Table
+    data: bytes
+    records: int
+    cursor: object
+
+
+# What a row source yields: rows to serialize, records the database serialized, or rows the
+# database wrote as CSV for a serializer to rewrite a column at a time.
+SourceBatch = RowBatch | EncodedBatch | CsvRowBatch
 
 
 @dataclass(frozen=True, slots=True)

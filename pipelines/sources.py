@@ -6,13 +6,15 @@ snapshot, so every shard of a bulk export on any machine reads the same point in
 export PostgreSQL writes the records itself (`COPY (SELECT ...) TO STDOUT`, see
 `pipelines.database_csv`), in the same order and with the same resume positions; for the other
 formats it converts timestamps and booleans (`pipelines.sql_values`). A source can start after a
-recorded position, which is how an interrupted export resumes. Nothing here is buffered
+recorded position, which is how an interrupted export resumes. For XML it also sends the rows as
+CSV (`CsvRowBatch`), for the serializer to rewrite a column at a time. Nothing here is buffered
 beyond one batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +22,20 @@ import psycopg
 from psycopg import sql
 from psycopg.types.string import TextLoader
 
+from pipelines.copy_output import iter_copy_output
 from pipelines.database import translate_error
-from pipelines.database_csv import COPY_OPTIONS, csv_select_list, iter_csv_blocks
+from pipelines.database_csv import (
+    COPY_OPTIONS,
+    csv_select_list,
+    iter_csv_blocks,
+    row_select_list,
+)
 from pipelines.errors import PermanentError, RetryableError
 from pipelines.options import ExportOptions
 from pipelines.records import (
     FILES,
     USERS,
+    CsvRowBatch,
     EncodedBatch,
     RowBatch,
     SourceBatch,
@@ -34,7 +43,7 @@ from pipelines.records import (
     export_tables,
 )
 from pipelines.serializers.csv import csv_layout
-from pipelines.sql_values import export_boolean, export_timestamp
+from pipelines.sql_values import export_value
 
 # Types whose values are handed on as PostgreSQL prints them (`t`/`f`, ISO timestamps, jsonb text)
 # instead of being parsed into Python objects and printed again.
@@ -168,23 +177,32 @@ def _iter_table(
     select = sql.SQL("SELECT {columns} FROM {table} WHERE {where} ORDER BY {order}")
     where = sql.SQL(" AND ").join(conditions)
     order = sql.SQL(", ").join(sql.Identifier(name) for name in key_columns)
-    if options.format == "csv":
-        layout = csv_layout(
-            export_tables(options.include_system_fields), include_metadata=options.include_metadata
-        )
+    if options.format in {"csv", "xml"}:
+        if options.format == "csv":
+            layout = csv_layout(
+                export_tables(options.include_system_fields),
+                include_metadata=options.include_metadata,
+            )
+            columns = csv_select_list(table, layout)
+        else:
+            layout = table.column_names
+            columns = row_select_list(table)
         query = select.format(
-            columns=csv_select_list(table, layout),
-            table=sql.Identifier(table.name),
-            where=where,
-            order=order,
+            columns=columns, table=sql.Identifier(table.name), where=where, order=order
         )
         key_fields = [1 + layout.index(name) for name in key_columns]
-        yield from _iter_csv_records(
-            conn, table, query, params, key_fields=key_fields, batch_rows=batch_rows
+        yield from _iter_copied_csv(
+            conn,
+            table,
+            query,
+            params,
+            key_fields=key_fields,
+            batch_rows=batch_rows,
+            export_format=options.format,
         )
         return
     # Timestamps and booleans are converted by the database, at a fraction of Python's cost.
-    export_values = options.format in {"json", "jsonl", "xml"}
+    export_values = options.format in {"json", "jsonl"}
     query = select.format(
         columns=sql.SQL(", ").join(_row_values(table, export_values=export_values)),
         table=sql.Identifier(table.name),
@@ -207,19 +225,15 @@ def _iter_table(
 
 def _row_values(table: Table, *, export_values: bool) -> list[sql.Composable]:
     """Return the SELECT list of `table`'s columns, converted to export text when asked."""
-    values: list[sql.Composable] = []
-    for column in table.columns:
-        name = sql.Identifier(column.name)
-        if export_values and column.kind == "timestamptz":
-            values.append(sql.SQL("{} AS {}").format(export_timestamp(name), name))
-        elif export_values and column.kind == "boolean":
-            values.append(sql.SQL("{} AS {}").format(export_boolean(name), name))
-        else:
-            values.append(name)
-    return values
+    if not export_values:
+        return [sql.Identifier(column.name) for column in table.columns]
+    return [
+        sql.SQL("{} AS {}").format(export_value(column), sql.Identifier(column.name))
+        for column in table.columns
+    ]
 
 
-def _iter_csv_records(
+def _iter_copied_csv(
     conn: psycopg.Connection[Any],
     table: Table,
     query: sql.Composed,
@@ -227,20 +241,30 @@ def _iter_csv_records(
     *,
     key_fields: list[int],
     batch_rows: int,
-) -> Iterator[EncodedBatch]:
-    """Stream the CSV records PostgreSQL writes for `query`, in batches of about `batch_rows`."""
+    export_format: str,
+) -> Iterator[EncodedBatch | CsvRowBatch]:
+    """Stream the CSV PostgreSQL writes for `query`, in batches of about `batch_rows` records:
+    the CSV format's own records, or rows for the XML serializer."""
+    as_records = export_format == "csv"
     # COPY takes no bind parameters: the values are bound on the client, quoted by psycopg.
     with psycopg.ClientCursor(conn) as binder:
         bound = binder.mogrify(query, params)
     copy_query = sql.SQL("COPY ({}) TO STDOUT {}").format(sql.SQL(bound), COPY_OPTIONS)
     try:
-        with conn.cursor().copy(copy_query) as copy:
+        with closing(iter_copy_output(conn, copy_query)) as messages:
             blocks = iter_csv_blocks(
-                copy, table_name=table.name, key_fields=key_fields, batch_messages=batch_rows
+                messages,
+                table_name=table.name,
+                key_fields=key_fields,
+                batch_messages=batch_rows,
+                crlf=as_records,
             )
             for block in blocks:
                 position = SourcePosition(table.name, block.last_key)
-                yield EncodedBatch(table, "csv", block.data, block.records, position)
+                if as_records:
+                    yield EncodedBatch(table, "csv", block.data, block.records, position)
+                else:
+                    yield CsvRowBatch(table, block.data, block.records, position)
     except psycopg.Error as exc:
         raise translate_error(exc, f"reading {table.name}") from exc
     except ValueError as exc:

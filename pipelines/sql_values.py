@@ -13,6 +13,8 @@ from typing import Final
 
 from psycopg import sql
 
+from pipelines.records import Column
+
 # The first code point of a value that spreadsheet software would run as a formula, plus the
 # escape character itself (= + - @ TAB CR '), as `ascii()` returns them: the CSV serializer's
 # FORMULA_TRIGGERS.
@@ -27,6 +29,17 @@ def export_timestamp(value: sql.Composable) -> sql.Composable:
         "CASE WHEN isfinite({v}) AND {v} >= {first}::timestamptz"
         " THEN replace(timezone('UTC', {v})::text, ' ', 'T') || 'Z' ELSE {v}::text END"
     ).format(v=value, first=_FIRST_AD_INSTANT)
+
+
+def export_value(column: Column) -> sql.Composable:
+    """Return `column` as the JSON, JSON Lines and XML formats write it: timestamps and booleans
+    converted, every other kind as PostgreSQL prints it."""
+    name = sql.Identifier(column.name)
+    if column.kind == "timestamptz":
+        return export_timestamp(name)
+    if column.kind == "boolean":
+        return export_boolean(name)
+    return name
 
 
 def export_boolean(value: sql.Composable) -> sql.Composable:

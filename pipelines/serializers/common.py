@@ -11,7 +11,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.records import EncodedBatch, ExportTrailer, Row, SourceBatch, Table
+from pipelines.records import (
+    CsvRowBatch,
+    EncodedBatch,
+    ExportTrailer,
+    Row,
+    RowBatch,
+    SourceBatch,
+    Table,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +74,7 @@ class Sections:
         if position < self.current:
             raise ValueError(f"batch of {batch.table.name} after a later table: order is wrong")
         width = len(batch.table.columns)
-        if not isinstance(batch, EncodedBatch) and any(len(row) != width for row in batch.rows):
+        if isinstance(batch, RowBatch) and any(len(row) != width for row in batch.rows):
             raise ValueError(f"a {batch.table.name} row does not have {width} values")
         while self.current < position:
             closing = self.tables[self.current] if self.current >= 0 else None
@@ -102,6 +110,8 @@ def rows_of(batch: SourceBatch, serializer: str, *, export_values: bool = False)
             f"{batch.table.name} records already written as {batch.format} by the database"
             f" cannot be written as {serializer}"
         )
+    if isinstance(batch, CsvRowBatch):
+        raise ValueError(f"{serializer} does not write rows the database sent as CSV")
     if batch.export_values and not export_values:
         raise ValueError(f"{serializer} needs PostgreSQL's own text, not converted values")
     return batch.rows

@@ -8,23 +8,34 @@ No I/O here.
 
 from __future__ import annotations
 
-import base64
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final
 
 import orjson
 
 from pipelines.formats.metadata import format_instant
-from pipelines.records import ExportHeader, ExportTrailer, Row, RowBatch, SourceBatch, Table
+from pipelines.records import (
+    CsvRowBatch,
+    ExportHeader,
+    ExportTrailer,
+    Row,
+    RowBatch,
+    SourceBatch,
+    Table,
+)
 from pipelines.serializers.common import Chunk, ResumePoint, Sections, rows_of
+from pipelines.serializers.xml_markup import (
+    FORBIDDEN,
+    RECORD_ELEMENTS,
+    TEXT_ESCAPES,
+    base64_element,
+    escape_text,
+    nil_element,
+)
 
 NAMESPACE: Final = "urn:data-export:export:1"
 XSI_NAMESPACE: Final = "http://www.w3.org/2001/XMLSchema-instance"
-RECORD_ELEMENTS: Final = {"users": "user", "files": "file"}
-
-# Characters outside XML 1.0's Char production (NUL cannot come from PostgreSQL but is covered).
-FORBIDDEN: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 # Markup is laid out with NUL (which PostgreSQL text never holds) in place of `<`, so a whole batch
 # can be escaped with a few C-speed replaces and the markup restored after; NUL in a value makes
@@ -39,21 +50,7 @@ _FLAG_FORBIDDEN: Final = bytes.maketrans(_FORBIDDEN_CONTROLS, _FLAG * len(_FORBI
 _NONCHARACTERS: Final = ("\ufffe".encode(), "\uffff".encode())
 _PG_UTC_TIMESTAMP: Final = rb"(\d{4,}-\d\d-\d\d) (\d\d:\d\d:\d\d(?:\.\d{1,6})?)\+00"
 # What the batch-wide pass escapes in values (markup holds none of them): `&` first.
-_BATCH_ESCAPES: Final = ((b"&", b"&amp;"), (b"<", b"&lt;"), (b"]]>", b"]]&gt;"), (b"\r", b"&#13;"))
-
-
-def escape_text(text: str) -> str:
-    """Return text escaped for element content: `&`, `<`, `]]>` and `\\r` as references.
-
-    A lone `>` stays as it is (XML allows it), which keeps the batch-wide fast path and this
-    value-by-value path byte-identical.
-    """
-    return (
-        text.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace("]]>", "]]&gt;")
-        .replace("\r", "&#13;")
-    )
+_BATCH_ESCAPES: Final = tuple((s.encode(), r.encode()) for s, r in TEXT_ESCAPES)
 
 
 def escape_attribute(text: str) -> str:
@@ -74,11 +71,10 @@ def _find_all(data: bytes, needle: bytes) -> Iterator[int]:
 def _element(name: str, value: str | None) -> str:
     """Return one column element in batch form: NUL for `<`, the value not yet escaped."""
     if value is None:
-        return f'{_MARK}{name} xsi:nil="true"/>'
+        return _MARK + nil_element(name)[1:]
     if FORBIDDEN.search(value) is None:
         return f"{_MARK}{name}>{value}{_MARK}/{name}>"
-    encoded = base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")
-    return f'{_MARK}{name} encoding="base64">{encoded}{_MARK}/{name}>'
+    return base64_element(name, value).replace("<", _MARK)
 
 
 class _RecordWriter:
@@ -268,6 +264,7 @@ def encode_xml(
     """Yield the XML document for `batches`, or only its tail after `resume`."""
     sections = Sections(tables, resume)
     encoders = {table.name: _RecordWriter(table) for table in sections.tables}
+    columnar: dict[str, Callable[[CsvRowBatch], bytes]] = {}
     if resume is None:
         text = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -277,14 +274,26 @@ def encode_xml(
             text += _header_element(header)
         yield Chunk(text.encode(), None, 0)
     for batch in batches:
-        rows = rows_of(batch, "xml", export_values=True)
-        export_values = isinstance(batch, RowBatch) and batch.export_values
-        parts = [_transition(*step) for step in sections.enter(batch)]
-        data = "".join(parts).encode()
-        if rows:
-            data += encoders[batch.table.name](rows, export_values)
-        point = sections.add(batch.table, len(rows))
-        yield Chunk(data, batch.cursor, len(rows), point)
+        data = "".join(_transition(*step) for step in sections.enter(batch)).encode()
+        if isinstance(batch, CsvRowBatch):
+            writer = columnar.get(batch.table.name)
+            if writer is None:
+                # Arrow is imported by the first export that needs it, not by every process.
+                from pipelines.serializers.xml_columns import ColumnarRecordWriter
+
+                writer = columnar[batch.table.name] = ColumnarRecordWriter(batch.table)
+            records_data = writer(batch)
+            # Most batches open no section: hand the records on without copying them.
+            data = data + records_data if data else records_data
+            records = batch.records
+        else:
+            rows = rows_of(batch, "xml", export_values=True)
+            export_values = isinstance(batch, RowBatch) and batch.export_values
+            if rows:
+                data += encoders[batch.table.name](rows, export_values)
+            records = len(rows)
+        point = sections.add(batch.table, records)
+        yield Chunk(data, batch.cursor, records, point)
     text = "".join(_transition(*step) for step in sections.finish())
     if include_metadata:
         text += _metadata_element(sections.trailer())

@@ -1,6 +1,6 @@
-"""What PostgreSQL writes or converts for an export (CSV records; timestamps and booleans for the
-other formats) gives byte for byte what the serializers write from PostgreSQL's own text, and a CSV
-export resumes alike."""
+"""What PostgreSQL writes or converts for an export (CSV records; CSV rows for XML; timestamps and
+booleans for JSON and JSON Lines) gives byte for byte what the serializers write from PostgreSQL's
+own text, and CSV and XML exports resume alike."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.string import TextLoader
@@ -16,8 +17,8 @@ from psycopg.types.string import TextLoader
 from pipelines.database import connect
 from pipelines.export import make_header
 from pipelines.options import ExportOptions
-from pipelines.records import EncodedBatch, RowBatch, export_tables
-from pipelines.serializers import ENCODERS, Chunk, encode_csv
+from pipelines.records import CsvRowBatch, EncodedBatch, RowBatch, export_tables
+from pipelines.serializers import ENCODERS, Chunk
 from pipelines.sources import SourcePosition, UserRange, begin_snapshot, iter_shard_batches
 
 # Values whose first character a spreadsheet would run, characters CSV must quote, and text that
@@ -26,7 +27,10 @@ TEXT = st.one_of(
     st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=20),
     st.lists(
         st.sampled_from(
-            ["=1+1", "+", "-", "@", "\t", "\r", "'", '"', ",", "\n", '\n"files","', "é"]
+            [
+                *("=1+1", "+", "-", "@", "\t", "\r", "'", '"', ",", "\n", '\n"files","', "é"),
+                *("&", "<", "]]>", "\x0b", "\ufffe", "\uffff"),
+            ]
         ),
         max_size=6,
     ).map("".join),
@@ -227,16 +231,21 @@ def test_database_written_csv_and_xml_values_give_the_serializers_bytes(
     assert sum(c.records for c in written) == sum(c.records for c in reference)
 
 
-def test_csv_reads_records_and_the_other_formats_converted_values(database_url: str) -> None:
+def test_csv_reads_records_xml_csv_rows_and_the_other_formats_converted_values(
+    database_url: str,
+) -> None:
     _fill(database_url, [("a@example.com", "A", {}, "2024-01-01 00:00:00+00", None, False)], [])
 
     assert _kinds(database_url, "csv") == {(EncodedBatch, False)}
-    assert _kinds(database_url, "xml") == {(RowBatch, True)}
+    assert _kinds(database_url, "xml") == {(CsvRowBatch, False)}
     assert _kinds(database_url, "jsonl") == {(RowBatch, True)}
     assert _kinds(database_url, "json") == {(RowBatch, True)}
 
 
-def test_a_csv_export_resumed_after_any_batch_writes_the_rest_exactly(database_url: str) -> None:
+@pytest.mark.parametrize("export_format", ["csv", "xml"])
+def test_an_export_the_database_writes_as_csv_resumed_after_any_batch_writes_the_rest_exactly(
+    database_url: str, export_format: str
+) -> None:
     users = [
         (f"u{i}@example.com", f'"{i}\n', {"n": -i}, "2024-01-01 00:00:00+00", None, False)
         for i in range(4)
@@ -246,7 +255,7 @@ def test_a_csv_export_resumed_after_any_batch_writes_the_rest_exactly(database_u
         for i in range(30)
     ]
     _fill(database_url, users, files)
-    options = ExportOptions(format="csv", include_system_fields=True)
+    options = ExportOptions(format=export_format, include_system_fields=True)
     tables = export_tables(True)
     full = _encode(database_url, options, batch_rows=4)
     header = make_header(
@@ -263,7 +272,7 @@ def test_a_csv_export_resumed_after_any_batch_writes_the_rest_exactly(database_u
         assert isinstance(cursor, SourcePosition)
         with connect(database_url) as conn:
             begin_snapshot(conn)
-            tail = encode_csv(
+            tail = ENCODERS[export_format](
                 iter_shard_batches(
                     conn, users=UserRange(), options=options, after=cursor, batch_rows=4
                 ),

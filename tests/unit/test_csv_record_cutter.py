@@ -1,4 +1,4 @@
-"""Cutting PostgreSQL's COPY CSV output into whole-record blocks with CRLF terminators."""
+"""Cutting PostgreSQL's COPY CSV output into whole-record blocks, with CRLF terminators or LF."""
 
 from __future__ import annotations
 
@@ -25,21 +25,26 @@ def _copy_record(table: str, key: str, values: list[str | None]) -> bytes:
     return (",".join(cells) + "\n").encode()
 
 
+ROWS = st.lists(st.lists(st.none() | TRICKY, min_size=2, max_size=2), min_size=1, max_size=8)
+CUTS = st.lists(st.integers(min_value=0, max_value=400), max_size=6)
+
+
+def _framed(rows: list[list[str | None]], cuts: list[int]) -> tuple[bytes, list[bytes]]:
+    """Return COPY's output for `rows` (keys k0, k1, ...) and that output cut at `cuts`."""
+    output = b"".join(_copy_record("files", f"k{i}", row) for i, row in enumerate(rows))
+    bounds = sorted({0, len(output), *(c for c in cuts if c < len(output))})
+    return output, [output[a:b] for a, b in itertools.pairwise(bounds)]
+
+
 def _records(data: bytes) -> list[list[str]]:
     return list(csv.reader(io.StringIO(data.decode(), newline="")))
 
 
-@given(
-    rows=st.lists(st.lists(st.none() | TRICKY, min_size=2, max_size=2), min_size=1, max_size=8),
-    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
-    batch=st.integers(min_value=1, max_value=4),
-)
+@given(rows=ROWS, cuts=CUTS, batch=st.integers(min_value=1, max_value=4))
 def test_blocks_are_the_records_with_crlf_however_the_output_is_framed(
     rows: list[list[str | None]], cuts: list[int], batch: int
 ) -> None:
-    output = b"".join(_copy_record("files", f"k{i}", row) for i, row in enumerate(rows))
-    bounds = sorted({0, len(output), *(c for c in cuts if c < len(output))})
-    messages = [output[a:b] for a, b in itertools.pairwise(bounds)]
+    _, messages = _framed(rows, cuts)
 
     blocks = list(
         iter_csv_blocks(messages, table_name="files", key_fields=[1], batch_messages=batch)
@@ -89,3 +94,24 @@ def test_output_of_another_table_is_refused() -> None:
 
     with pytest.raises(ValueError, match="not start with a record of users"):
         cutter.finish()
+
+
+@given(rows=ROWS, cuts=CUTS, batch=st.integers(min_value=1, max_value=4))
+def test_blocks_keep_copys_lf_when_asked_however_the_output_is_framed(
+    rows: list[list[str | None]], cuts: list[int], batch: int
+) -> None:
+    output, messages = _framed(rows, cuts)
+
+    blocks = list(
+        iter_csv_blocks(
+            messages, table_name="files", key_fields=[1], batch_messages=batch, crlf=False
+        )
+    )
+
+    assert b"".join(block.data for block in blocks) == output
+    assert sum(block.records for block in blocks) == len(rows)
+    seen = 0
+    for block in blocks:
+        seen += block.records
+        assert block.data.endswith(b"\n")
+        assert block.last_key == (f"k{seen - 1}",)

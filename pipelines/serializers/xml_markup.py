@@ -1,0 +1,38 @@
+"""What both XML record writers share: record names, escapes and the characters XML 1.0 forbids.
+
+`pipelines.serializers.xml` writes rows value by value, `pipelines.serializers.xml_columns` a
+column at a time; both take these so their bytes cannot drift apart. No I/O here.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Final
+
+RECORD_ELEMENTS: Final = {"users": "user", "files": "file"}
+
+# Escapes for element content, applied in this order (`&` first). A lone `>` stays as it is (XML
+# allows it); `]]>` is escaped because it may not appear in content, `\r` so parsers keep it.
+TEXT_ESCAPES: Final = (("&", "&amp;"), ("<", "&lt;"), ("]]>", "]]&gt;"), ("\r", "&#13;"))
+
+# Characters outside XML 1.0's Char production (NUL cannot come from PostgreSQL but is covered).
+FORBIDDEN: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def escape_text(text: str) -> str:
+    """Return text escaped for element content: `&`, `<`, `]]>` and `\\r` as references."""
+    for special, reference in TEXT_ESCAPES:
+        text = text.replace(special, reference)
+    return text
+
+
+def nil_element(name: str) -> str:
+    """Return the element for a NULL value of column `name`."""
+    return f'<{name} xsi:nil="true"/>'
+
+
+def base64_element(name: str, value: str) -> str:
+    """Return the element for a value holding characters XML forbids: base64 of its UTF-8."""
+    encoded = base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")
+    return f'<{name} encoding="base64">{encoded}</{name}>'

@@ -1,0 +1,114 @@
+"""XML written a column at a time from CSV rows is byte for byte XML written from the rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipelines.records import (
+    CsvRowBatch,
+    ExportHeader,
+    Row,
+    RowBatch,
+    SourceBatch,
+    Table,
+    export_tables,
+)
+from pipelines.serializers import encode_xml
+from pipelines.serializers.xml_columns import ColumnarRecordWriter
+
+USERS, FILES = export_tables(True)
+HEADER = ExportHeader("e1", "bulk", datetime(2026, 1, 1, tzinfo=UTC), "test", "1")
+
+# Markup characters, what XML forbids (C0 controls, U+FFFE, U+FFFF), line breaks, quotes and
+# what looks like a CSV record boundary, beside any text PostgreSQL can hold (no NUL).
+TEXT = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12),
+    st.lists(
+        st.sampled_from(
+            [
+                *("&", "<", ">", "]]>", "]]", "\r", "\n", "\r\n", '"', ",", '\n"files","'),
+                *("\x01", "\x0b", "\x1f", "\t", "\ufffe", "\uffff", "é", "𝄞", "&amp;", "x"),
+            ]
+        ),
+        max_size=6,
+    ).map("".join),
+)
+KIND_VALUES = {
+    "uuid": st.uuids().map(str),
+    "text": TEXT,
+    "jsonb": TEXT,
+    "bigint": st.integers(min_value=-(2**63), max_value=2**63 - 1).map(str),
+    "boolean": st.sampled_from(["true", "false"]),
+    "timestamptz": st.sampled_from(
+        ["2024-03-01T12:00:00.5Z", "infinity", "-infinity", "0044-03-15 12:00:00+00 BC"]
+    ),
+}
+
+
+def _rows(table: Table) -> st.SearchStrategy[list[Row]]:
+    values = [st.none() | KIND_VALUES[column.kind] for column in table.columns]
+    return st.lists(st.tuples(*values), max_size=6)
+
+
+def _copy_csv(table: Table, rows: list[Row]) -> bytes:
+    """Return `rows` as `COPY (SELECT name, ...) TO STDOUT (FORMAT csv, FORCE_QUOTE *)` writes."""
+    lines = []
+    for row in rows:
+        fields = [table.name, *row]
+        cells = ["" if v is None else '"' + v.replace('"', '""') + '"' for v in fields]
+        lines.append(",".join(cells) + "\n")
+    return "".join(lines).encode()
+
+
+def _document(batches: list[SourceBatch]) -> bytes:
+    chunks = encode_xml(batches, tables=(USERS, FILES), header=HEADER, include_metadata=True)
+    return b"".join(chunk.data for chunk in chunks)
+
+
+@given(users=_rows(USERS), files=_rows(FILES), split=st.integers(min_value=0, max_value=6))
+def test_csv_rows_give_the_bytes_of_the_same_rows(
+    users: list[Row], files: list[Row], split: int
+) -> None:
+    from_rows: list[SourceBatch] = [
+        RowBatch(USERS, users, None, export_values=True),
+        RowBatch(FILES, files, None, export_values=True),
+    ]
+    from_csv: list[SourceBatch] = [
+        CsvRowBatch(USERS, _copy_csv(USERS, users), len(users), None),
+        CsvRowBatch(FILES, _copy_csv(FILES, files[:split]), len(files[:split]), None),
+        CsvRowBatch(FILES, _copy_csv(FILES, files[split:]), len(files[split:]), None),
+    ]
+
+    assert _document(from_csv) == _document(from_rows)
+
+
+@given(files=_rows(FILES))
+def test_markup_escaped_by_row_or_by_column_gives_the_same_bytes(files: list[Row]) -> None:
+    batch = CsvRowBatch(FILES, _copy_csv(FILES, files), len(files), None)
+
+    by_row = ColumnarRecordWriter(FILES, dense_share=float("inf"))(batch)
+    by_column = ColumnarRecordWriter(FILES, dense_share=0.0)(batch)
+
+    assert by_row == by_column
+
+
+def test_a_batch_whose_record_count_is_wrong_is_refused() -> None:
+    row = ("1", "x", "text/plain", None, None)
+    table = FILES.select(["id", "path", "content_type", "metadata", "deleted_at"])
+    writer = ColumnarRecordWriter(table)
+
+    with pytest.raises(ValueError, match="holds 1 records, not 2"):
+        writer(CsvRowBatch(table, _copy_csv(table, [row]), 2, None))
+
+
+def test_null_and_empty_text_stay_apart() -> None:
+    table = FILES.select(["id", "path", "metadata"])
+    data = _copy_csv(table, [("1", "", None)])
+
+    written = ColumnarRecordWriter(table)(CsvRowBatch(table, data, 1, None))
+
+    assert written == b'\n<file><id>1</id><path></path><metadata xsi:nil="true"/></file>'
