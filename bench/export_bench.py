@@ -490,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 engine(url, export_format, compression, s3=s3)
     if not args.quick:
         small_url = ensure_seeded(args.server, users=QUICK_USERS)
-        for export_format in ("csv", "json"):
+        for export_format in ("csv", "json", "xml"):
             small = run_engine(small_url, export_format, "zstd")
             small.name += f" ({QUICK_USERS * FILES_PER_USER // 1000}k rows)"
             results.append(small)
