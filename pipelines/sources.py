@@ -4,11 +4,11 @@ Rows are read as text (the fastest form measured, and exact for restore) through
 cursor ordered by key, inside a REPEATABLE READ, READ ONLY transaction that may adopt an exported
 snapshot, so every shard of a bulk export on any machine reads the same point in time. For a CSV
 export PostgreSQL writes the records itself (`COPY (SELECT ...) TO STDOUT`, see
-`pipelines.database_csv`), in the same order and with the same resume positions; for the other
-formats it converts timestamps and booleans (`pipelines.sql_values`). A source can start after a
-recorded position, which is how an interrupted export resumes. For XML it also sends the rows as
-CSV (`CsvRowBatch`), for the serializer to rewrite a column at a time. Nothing here is buffered
-beyond one batch.
+`pipelines.database_csv`), in the same order and with the same resume positions; for XML the same
+`COPY` sends the rows as CSV (`CsvRowBatch`), for the serializer to rewrite a column at a time; for
+JSON and JSON Lines it converts timestamps and booleans (`pipelines.sql_values`). A source can
+start after a recorded position, which is how an interrupted export resumes. Nothing here is
+buffered beyond one batch.
 """
 
 from __future__ import annotations
