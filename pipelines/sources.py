@@ -13,7 +13,7 @@ buffered beyond one batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -108,7 +108,7 @@ def iter_user_batches(
     options: ExportOptions,
     after: SourcePosition | None = None,
     batch_rows: int = BATCH_ROWS,
-) -> Iterator[SourceBatch]:
+) -> Generator[SourceBatch, None, None]:
     """Stream one user's row, then their files, inside the caller's read transaction."""
     hidden = sql.SQL("") if options.include_system_fields else sql.SQL("AND deleted_at IS NULL")
     try:
@@ -142,7 +142,7 @@ def iter_shard_batches(
     options: ExportOptions,
     after: SourcePosition | None = None,
     batch_rows: int = BATCH_ROWS,
-) -> Iterator[SourceBatch]:
+) -> Generator[SourceBatch, None, None]:
     """Stream the users in a range, then all their files, inside the caller's read transaction."""
     for table in (USERS, FILES):
         projected = table.project(options.include_system_fields)
@@ -160,7 +160,7 @@ def _iter_table(
     after: SourcePosition | None,
     batch_rows: int,
     only_user: str | None = None,
-) -> Iterator[SourceBatch]:
+) -> Generator[SourceBatch, None, None]:
     """Stream `table` in key order, as text, starting after `after` when it is this table's."""
     if after is not None and after.table == FILES.name and table.name == USERS.name:
         return  # the users were all emitted before the interruption

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -131,20 +132,19 @@ def _encode(url: str, options: ExportOptions, *, batch_rows: int) -> list[Chunk]
     )
     with connect(url) as conn:
         begin_snapshot(conn)
-        batches = iter_shard_batches(
-            conn,
-            users=UserRange(),
-            options=options,
-            batch_rows=batch_rows,
-        )
-        chunks = list(
-            ENCODERS[options.format](
-                batches,
-                tables=export_tables(options.include_system_fields),
-                header=header,
-                include_metadata=options.include_metadata,
+        # Closed before the connection is, so a serializer error ends the COPY instead of leaving
+        # it holding the connection.
+        with closing(
+            iter_shard_batches(conn, users=UserRange(), options=options, batch_rows=batch_rows)
+        ) as batches:
+            chunks = list(
+                ENCODERS[options.format](
+                    batches,
+                    tables=export_tables(options.include_system_fields),
+                    header=header,
+                    include_metadata=options.include_metadata,
+                )
             )
-        )
         conn.rollback()
     return chunks
 
