@@ -50,6 +50,8 @@ _FORBIDDEN_PATTERN: Final = r"[\x{0}-\x{8}\x{b}\x{c}\x{e}-\x{1f}\x{fffe}\x{ffff}
 _FREE_TEXT_KINDS: Final = frozenset({"text", "jsonb"})
 # Field name given to the record-type column each CSV record starts with (the table's name).
 _RECORD_TYPE_FIELD: Final = "record type"
+# Arrow's CSV reader takes its block size as a 32-bit count.
+_MAX_BLOCK_BYTES: Final = 1 << 30
 # Above this share of a batch's rows needing a look, Arrow escapes and searches whole columns.
 DENSE_SHARE: Final = 0.05
 
@@ -92,8 +94,10 @@ class ColumnarRecordWriter:
         if not batch.records:
             return b""
         data = batch.data
+        # One block for a batch (blocks are split where a record ends), within Arrow's 32-bit size.
+        block_size = min(len(data) + 1, _MAX_BLOCK_BYTES)
         read = pa_csv.ReadOptions(
-            column_names=self._fields, use_threads=False, block_size=len(data) + 1
+            column_names=self._fields, use_threads=False, block_size=block_size
         )
         parsed = pa_csv.read_csv(
             pa.py_buffer(data),

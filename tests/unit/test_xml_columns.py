@@ -17,7 +17,7 @@ from pipelines.records import (
     Table,
     export_tables,
 )
-from pipelines.serializers import encode_xml
+from pipelines.serializers import encode_xml, xml_columns
 from pipelines.serializers.xml_columns import ColumnarRecordWriter
 
 USERS, FILES = export_tables(True)
@@ -112,3 +112,18 @@ def test_null_and_empty_text_stay_apart() -> None:
     written = ColumnarRecordWriter(table)(CsvRowBatch(table, data, 1, None))
 
     assert written == b'\n<file><id>1</id><path></path><metadata xsi:nil="true"/></file>'
+
+
+def test_a_batch_read_in_several_blocks_gives_the_same_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = FILES.select(["id", "path"])
+    rows: list[Row] = [(str(i), "line\n" * 20 + "é" * i) for i in range(200)]
+    batch = CsvRowBatch(table, _copy_csv(table, rows), len(rows), None)
+    whole = ColumnarRecordWriter(table)(batch)
+
+    monkeypatch.setattr(xml_columns, "_MAX_BLOCK_BYTES", 1000)
+    in_blocks = ColumnarRecordWriter(table)(batch)
+
+    assert in_blocks == whole
+    assert whole.count(b"<file>") == 200
