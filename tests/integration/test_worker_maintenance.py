@@ -208,10 +208,12 @@ def test_only_old_uploads_that_no_live_job_owns_are_aborted(runtime: Runtime) ->
         failed_export,
     )
     outside = _start_upload(runtime, "elsewhere/object.bin")
-    time.sleep(2.5)  # S3 records Initiated to the second
+    # S3 records Initiated to the second: the old uploads are at least 3.5 s old when the sweep
+    # runs and the recent one at most 1 s plus the sweep's delay, both clear of the 3 s limit.
+    time.sleep(4.5)
     recent = _start_upload(runtime, f"{prefix}new/export.json")
 
-    assert abort_abandoned_uploads(runtime, older_than_seconds=1) == 2
+    assert abort_abandoned_uploads(runtime, older_than_seconds=3) == 2
 
     assert _open_uploads(runtime) == {owned, outside, recent}
     assert _row(runtime, failed_export)["multipart_upload_id"] is None
