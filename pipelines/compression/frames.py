@@ -1,10 +1,13 @@
-"""Frame codecs: start, feed, flush and finish one gzip member or zstd frame, and pad a part.
+"""Frame codecs: write gzip members and zstd frames a piece at a time, and pad a part.
 
 Frames are independent, so a part of whole frames decompresses alone and a resumed export starts a
-fresh frame at a part boundary. gzip is zlib-ng's deflate (`zlib-ng`): at level 6 less than half
-of zlib 6's time for output 4 % smaller on export data. Padding is format-level, skipped by every
-reader: a zstd skippable frame or empty gzip members with an FEXTRA field. Deterministic (no
-timestamps, no threads); no I/O.
+fresh frame at a part boundary. zstd is written as a stream (start, feed, flush, finish). gzip is
+written in blocks, each deflated alone with the 32 KiB before it as its dictionary and ended on a
+byte boundary (as pigz does), so blocks can be compressed on several threads and joined; the
+member's CRC-32 is combined from theirs. Deflate is zlib-ng's (`zlib-ng`): at level 6 less than
+half of zlib 6's time for output 4 % smaller on export data. Padding is format-level, skipped by
+every reader: a zstd skippable frame or empty gzip members with an FEXTRA field. Deterministic (no
+timestamps; the same bytes however many threads); no I/O.
 """
 
 from __future__ import annotations
@@ -61,16 +64,34 @@ _GZIP_PAD_HEADER: Final = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"  # FEXTRA,
 # RFC 1952 subfield id for the padding: two ASCII letters, registered nowhere, ignored by readers.
 _GZIP_PAD_SUBFIELD_ID: Final = b"Pd"
 _GZIP_EMPTY_BODY: Final = b"\x03\x00" + struct.pack("<II", 0, 0)  # final fixed block, CRC 0, size 0
-# wbits: 16 + 15 asks for a gzip wrapper and a 32 KiB window.
-_GZIP_WBITS: Final = 31
+# Negative wbits asks for raw deflate (the member's header and trailer are written here) with a
+# 32 KiB window, which is also how much history primes the next block.
+_RAW_DEFLATE_WBITS: Final = -15
+DEFLATE_HISTORY_BYTES: Final = 32 * 1024
+# A member's header: no optional fields, MTIME 0, XFL 0, OS unknown.
+GZIP_MEMBER_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+# A final, empty block with the fixed codes ends the deflate stream after sync-flushed blocks.
+_DEFLATE_FINAL_EMPTY_BLOCK: Final = b"\x03\x00"
 
 
 class FrameCodec(ABC):
-    """Write one frame at a time; `bound` lets the caller end a frame before a part overflows."""
+    """What every codec tells the parts stage: a bound on its output, and padding."""
 
     name: str
     content_encoding: str
     min_padding_bytes: int
+
+    @abstractmethod
+    def bound(self, size: int) -> int:
+        """Return the most bytes a frame can add for `size` input bytes (flushed, then ended)."""
+
+    @abstractmethod
+    def padding(self, size: int) -> bytes:
+        """Return exactly `size` bytes (0 or >= min_padding_bytes) that readers skip."""
+
+
+class StreamCodec(FrameCodec):
+    """Write one frame at a time as a stream; `bound` lets the caller end it before a part fills."""
 
     @abstractmethod
     def start(self) -> None:
@@ -88,16 +109,8 @@ class FrameCodec(ABC):
     def finish(self) -> bytes:
         """End the open frame and return its last bytes."""
 
-    @abstractmethod
-    def bound(self, size: int) -> int:
-        """Return the most bytes `size` input bytes fed after a flush, then finish, can add."""
 
-    @abstractmethod
-    def padding(self, size: int) -> bytes:
-        """Return exactly `size` bytes (0 or >= min_padding_bytes) that readers skip."""
-
-
-class ZstdCodec(FrameCodec):
+class ZstdCodec(StreamCodec):
     """zstd frames with content checksums, padded with skippable frames."""
 
     name = "zstd"
@@ -142,48 +155,75 @@ class ZstdCodec(FrameCodec):
 
 
 class GzipCodec(FrameCodec):
-    """gzip members (zlib-ng deflate), padded with empty members carrying an FEXTRA field."""
+    """gzip members (zlib-ng deflate) written in blocks, padded with empty FEXTRA members.
+
+    A member is `GZIP_MEMBER_HEADER`, then blocks from `compress_block` in order, each primed with
+    the member's previous 32 KiB, then `trailer`. Blocks are independent calls, safe on any
+    thread; deflate releases the GIL, so blocks compressed side by side use several cores.
+    """
 
     name = "gzip"
     content_encoding = "gzip"
     min_padding_bytes = GZIP_PAD_MIN_BYTES
+    header = GZIP_MEMBER_HEADER
+    history_bytes = DEFLATE_HISTORY_BYTES
 
     def __init__(self, level: int = DEFAULT_GZIP_LEVEL) -> None:
         if not MIN_GZIP_LEVEL <= level <= MAX_GZIP_LEVEL:
             raise PermanentError(
                 f"gzip level must be between {MIN_GZIP_LEVEL} and {MAX_GZIP_LEVEL}, got {level}"
             )
-        self._level = level
-        self._member: zlib_ng._Compress | None = None
+        self.level = level
         if level == 1:
             self._slope_shift = STATIC_CODES_SLOPE_SHIFT
             self._overhead = STATIC_CODES_OVERHEAD_BYTES
         else:
             self._slope_shift, self._overhead = DEFLATE_SLOPE_SHIFT, DEFLATE_OVERHEAD_BYTES
 
-    def start(self) -> None:
-        self._member = zlib_ng.compressobj(
-            self._level, zlib_ng.DEFLATED, _GZIP_WBITS, DEFLATE_MEM_LEVEL
-        )
+    def compress_block(self, data: bytes, history: bytes) -> tuple[bytes, int]:
+        """Deflate `data` after `history` (the member's preceding bytes, up to 32 KiB).
 
-    def compress(self, data: bytes) -> bytes:
-        return self._open().compress(data)
+        Return the block, ended on a byte boundary by a sync flush, and the CRC-32 of `data`.
+        """
+        if history:
+            deflate = zlib_ng.compressobj(
+                self.level,
+                zlib_ng.DEFLATED,
+                _RAW_DEFLATE_WBITS,
+                DEFLATE_MEM_LEVEL,
+                zlib_ng.Z_DEFAULT_STRATEGY,
+                history[-DEFLATE_HISTORY_BYTES:],
+            )
+        else:
+            deflate = zlib_ng.compressobj(
+                self.level, zlib_ng.DEFLATED, _RAW_DEFLATE_WBITS, DEFLATE_MEM_LEVEL
+            )
+        block = deflate.compress(data) + deflate.flush(zlib_ng.Z_SYNC_FLUSH)
+        return block, zlib_ng.crc32(data)
 
-    def flush(self) -> bytes:
-        return self._open().flush(zlib_ng.Z_SYNC_FLUSH)
+    @staticmethod
+    def combine_crc(crc: int, block_crc: int, block_size: int) -> int:
+        """Return the CRC-32 of a member's content extended by a block's."""
+        return zlib_ng.crc32_combine(crc, block_crc, block_size)
 
-    def finish(self) -> bytes:
-        out = self._open().flush(zlib_ng.Z_FINISH)
-        self._member = None
-        return out
+    @staticmethod
+    def trailer(crc: int, size: int) -> bytes:
+        """End a member whose content has CRC-32 `crc` and `size` bytes."""
+        return _DEFLATE_FINAL_EMPTY_BLOCK + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
     def bound(self, size: int) -> int:
         return size + (size >> self._slope_shift) + self._overhead
 
-    def _open(self) -> zlib_ng._Compress:
-        if self._member is None:
-            raise RuntimeError("no gzip member is open: call start() first")
-        return self._member
+    def largest_input(self, room: int) -> int:
+        """Return the most input whose `bound` fits in `room` bytes (0 when none does)."""
+        budget = room - self._overhead
+        if budget <= 0:
+            return 0
+        scale = 1 << self._slope_shift
+        size = budget * scale // (scale + 1)
+        while self.bound(size + 1) <= room:
+            size += 1
+        return size
 
     def padding(self, size: int) -> bytes:
         if size != 0 and size < GZIP_PAD_MIN_BYTES:

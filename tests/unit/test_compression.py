@@ -26,6 +26,7 @@ from pipelines.compression.frames import (
     MIN_GZIP_LEVEL,
     GzipCodec,
 )
+from pipelines.deflate_parts import BLOCK_BYTES
 from pipelines.errors import PermanentError
 from pipelines.parts import iter_parts
 
@@ -37,13 +38,31 @@ class Chunk:
     records: int
 
 
+def gzip_member(codec: GzipCodec, blob: bytes, block: int = 700) -> bytes:
+    """Write `blob` as one member of `block`-byte blocks, as the parts stage does."""
+    out = [codec.header]
+    crc, history = 0, b""
+    for start in range(0, len(blob), block):
+        piece = blob[start : start + block]
+        deflated, piece_crc = codec.compress_block(piece, history)
+        out.append(deflated)
+        crc = codec.combine_crc(crc, piece_crc, len(piece))
+        history = (history + piece)[-codec.history_bytes :]
+    out.append(codec.trailer(crc, len(blob)))
+    return b"".join(out)
+
+
 def framed(compression: str, blobs: list[bytes], pad: int) -> bytes:
     codec = open_codec(compression)
     assert codec is not None
     out = []
     for blob in blobs:
-        codec.start()
-        out += [codec.compress(blob), codec.finish(), codec.padding(pad)]
+        if isinstance(codec, GzipCodec):
+            out.append(gzip_member(codec, blob))
+        else:
+            codec.start()
+            out += [codec.compress(blob), codec.finish()]
+        out.append(codec.padding(pad))
     return b"".join(out)
 
 
@@ -174,7 +193,7 @@ def test_gzip_levels_are_gzips_own_scale() -> None:
 
 
 GZIP_LEVELS = list(range(MIN_GZIP_LEVEL, MAX_GZIP_LEVEL + 1))
-UNIT = 16 * 1024  # what the parts stage feeds per compress call
+BLOCK = BLOCK_BYTES  # what the parts stage deflates per block
 
 
 def hard_inputs(size: int) -> Iterator[tuple[str, bytes]]:
@@ -192,39 +211,48 @@ def hard_inputs(size: int) -> Iterator[tuple[str, bytes]]:
     yield "mixed", bytes(mixed[:size])
 
 
-def segment_sizes(codec: GzipCodec, data: bytes, segment: int) -> list[tuple[int, int]]:
-    """Compress `data` as one member flushed every `segment` bytes; return (in, out) per segment."""
-    codec.start()
+def block_sizes(codec: GzipCodec, data: bytes, block: int) -> list[tuple[int, int]]:
+    """Deflate `data` as one member's blocks of `block` bytes; return (in, out) per block."""
     sizes = []
-    for start in range(0, max(len(data), 1), segment):
-        piece = data[start : start + segment]
-        out = sum(len(codec.compress(piece[i : i + UNIT])) for i in range(0, len(piece), UNIT))
-        last = start + segment >= len(data)
-        out += len(codec.finish() if last else codec.flush())
-        sizes.append((len(piece), out))
+    history = b""
+    for start in range(0, max(len(data), 1), block):
+        piece = data[start : start + block]
+        deflated, _ = codec.compress_block(piece, history)
+        history = (history + piece)[-codec.history_bytes :]
+        sizes.append((len(piece), len(deflated)))
     return sizes
 
 
 @pytest.mark.parametrize("level", GZIP_LEVELS)
-def test_gzip_bound_covers_incompressible_input_at_every_level(level: int) -> None:
+def test_gzip_bound_covers_a_block_and_the_trailer_on_incompressible_input(level: int) -> None:
     codec = GzipCodec(level)
+    trailer = len(codec.trailer(0, 0))
     checked = 0
-    for size in (0, 1, 100, 5000, UNIT, 200_000, 1_100_000):
+    for size in (0, 1, 100, 5000, BLOCK, 200_000, 1_100_000):
         for kind, data in hard_inputs(size):
-            for segment in (size or 1, 1000, UNIT, 70_000):
-                for fed, out in segment_sizes(codec, data, segment):
-                    assert out <= codec.bound(fed), (kind, size, segment, fed, out)
+            for block in (size or 1, 1000, BLOCK, 70_000):
+                for fed, out in block_sizes(codec, data, block):
+                    assert out + trailer <= codec.bound(fed), (kind, size, block, fed, out)
                     checked += 1
     assert checked > 100
 
 
 def test_gzip_bound_is_tight_enough_to_waste_little_of_a_part() -> None:
-    noise = random.Random(3).randbytes(UNIT)
+    noise = random.Random(3).randbytes(BLOCK)
     for level in GZIP_LEVELS:
         codec = GzipCodec(level)
-        ((fed, out),) = segment_sizes(codec, noise, UNIT)
+        ((fed, out),) = block_sizes(codec, noise, BLOCK)
         # The bound decides where a part ends: slack beyond the real output becomes padding.
-        assert codec.bound(fed) - out < (UNIT // 4 if level == 1 else UNIT // 32), level
+        assert codec.bound(fed) - out < (BLOCK // 4 if level == 1 else BLOCK // 32), level
+
+
+@pytest.mark.parametrize("level", GZIP_LEVELS)
+@given(room=st.integers(0, 10**7))
+def test_largest_input_is_the_inverse_of_the_bound(level: int, room: int) -> None:
+    codec = GzipCodec(level)
+    size = codec.largest_input(room)
+    assert size == 0 or codec.bound(size) <= room
+    assert codec.bound(size + 1) > room
 
 
 def gzip_parts(level: int, lines: list[bytes], part_size: int) -> list[bytes]:
