@@ -443,8 +443,8 @@ def machine_text() -> str:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Seed if needed, measure the floor and the engine, print the table."""
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Return the command line's options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=FULL_USERS)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_USERS} users, no RSS pair")
@@ -453,8 +453,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compressions", default=",".join(COMPRESSIONS))
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 runs")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="measure each run's floor again right after it and compare with that one",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Seed if needed, measure the floor and the engine, print the table."""
+    args = parse_args(argv)
     if args.child:
         child_main(json.loads(args.child))
         return 0
@@ -476,6 +486,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def engine(*run_args: Any, **run_kwargs: Any) -> None:
         result = run_engine(*run_args, **run_kwargs)
         result.floor = floor_of(result)
+        if args.paired:
+            # A shared machine drifts over minutes: the floor measured next to the run is the
+            # fair comparison.
+            adjacent = run_floor(result.floor, url, rows, environ=environ)
+            adjacent.name = f"{result.floor} after {result.name}"
+            floors[adjacent.name] = adjacent
+            result.floor = adjacent.name
+            _progress(adjacent)
         results.append(result)
         _progress(result)
 
