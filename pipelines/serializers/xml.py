@@ -27,6 +27,8 @@ from pipelines.records import (
 from pipelines.serializers.common import Chunk, ResumePoint, Sections, rows_of
 from pipelines.serializers.xml_markup import (
     FORBIDDEN,
+    FORBIDDEN_CONTROL_BYTES,
+    NONCHARACTER_BYTES,
     RECORD_ELEMENTS,
     TEXT_ESCAPES,
     base64_element,
@@ -45,9 +47,9 @@ _MARK_BYTES: Final = _MARK.encode()
 # C0 controls XML 1.0 forbids, as UTF-8 bytes (never part of a multi-byte sequence), all mapped to
 # one byte so a batch is searched for them in one pass; and the two forbidden noncharacters.
 _FLAG: Final = b"\x01"
-_FORBIDDEN_CONTROLS: Final = bytes([*range(0x01, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
-_FLAG_FORBIDDEN: Final = bytes.maketrans(_FORBIDDEN_CONTROLS, _FLAG * len(_FORBIDDEN_CONTROLS))
-_NONCHARACTERS: Final = ("\ufffe".encode(), "\uffff".encode())
+_FLAG_FORBIDDEN: Final = bytes.maketrans(
+    FORBIDDEN_CONTROL_BYTES, _FLAG * len(FORBIDDEN_CONTROL_BYTES)
+)
 _PG_UTC_TIMESTAMP: Final = rb"(\d{4,}-\d\d-\d\d) (\d\d:\d\d:\d\d(?:\.\d{1,6})?)\+00"
 # What the batch-wide pass escapes in values (markup holds none of them): `&` first.
 _BATCH_ESCAPES: Final = tuple((s.encode(), r.encode()) for s, r in TEXT_ESCAPES)
@@ -109,8 +111,8 @@ class _RecordWriter:
         else:
             if data.count(_MARK_BYTES) != marks:  # a value holds NUL: look at every row
                 data = self._rewritten(rows, lines, range(len(lines)))
-            elif any(noncharacter in data for noncharacter in _NONCHARACTERS):
-                found = [p for n in _NONCHARACTERS for p in _find_all(data, n)]
+            elif any(noncharacter in data for noncharacter in NONCHARACTER_BYTES):
+                found = [p for n in NONCHARACTER_BYTES for p in _find_all(data, n)]
                 found.extend(_find_all(data.translate(_FLAG_FORBIDDEN), _FLAG))
                 data = self._rewritten(rows, lines, self._rows_at(data, sorted(found)))
             else:

@@ -24,6 +24,8 @@ import pyarrow.csv as pa_csv
 from pipelines.records import CsvRowBatch, Table
 from pipelines.serializers.xml_markup import (
     FORBIDDEN,
+    FORBIDDEN_CONTROL_BYTES,
+    NONCHARACTER_BYTES,
     RECORD_ELEMENTS,
     TEXT_ESCAPES,
     base64_element,
@@ -36,11 +38,10 @@ from pipelines.serializers.xml_markup import (
 # of a multi-byte sequence) or the lead byte of U+FFFE/U+FFFF (which also leads other characters).
 # One pass maps them all to a flag byte, NUL, which PostgreSQL text never holds.
 _FLAG: Final = b"\x00"
-_FORBIDDEN_CONTROLS: Final = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
+_FORBIDDEN_CONTROLS: Final = _FLAG + FORBIDDEN_CONTROL_BYTES  # NUL too: it is forbidden as well
 _MARKED: Final = _FORBIDDEN_CONTROLS + b"&<\r\xef"
 _FLAG_MARKED: Final = bytes.maketrans(_MARKED, _FLAG * len(_MARKED))
 _FLAG_FORBIDDEN: Final = bytes.maketrans(_FORBIDDEN_CONTROLS, _FLAG * len(_FORBIDDEN_CONTROLS))
-_NONCHARACTERS: Final = ("\ufffe".encode(), "\uffff".encode())
 _CDATA_END: Final = b"]]>"
 # The characters XML 1.0 forbids that valid UTF-8 can hold, as RE2 (Arrow's regex engine) writes
 # them.
@@ -170,7 +171,7 @@ class ColumnarRecordWriter:
         """Return the base64 elements of values holding forbidden characters, found by regex."""
         encoded: dict[int, dict[int, str]] = {}
         if _FLAG not in data.translate(_FLAG_FORBIDDEN) and not any(
-            noncharacter in data for noncharacter in _NONCHARACTERS
+            noncharacter in data for noncharacter in NONCHARACTER_BYTES
         ):
             return encoded
         for index in self._free_text:

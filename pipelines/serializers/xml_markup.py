@@ -18,6 +18,11 @@ TEXT_ESCAPES: Final = (("&", "&amp;"), ("<", "&lt;"), ("]]>", "]]&gt;"), ("\r", 
 
 # Characters outside XML 1.0's Char production (NUL cannot come from PostgreSQL but is covered).
 FORBIDDEN: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# The same, as the UTF-8 a batch holds, for byte scans: the C0 controls from U+0001 (single bytes,
+# never part of a multi-byte sequence; each writer decides about NUL, which it may use as a mark)
+# and the two noncharacters.
+FORBIDDEN_CONTROL_BYTES: Final = bytes([*range(0x01, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
+NONCHARACTER_BYTES: Final = ("\ufffe".encode(), "\uffff".encode())
 
 
 def escape_text(text: str) -> str:
