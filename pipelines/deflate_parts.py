@@ -11,7 +11,10 @@ the content: the next block is `block` bytes if the part surely has room for it 
 sizes of the blocks before it; otherwise the largest block that surely fits, if it is not tiny;
 otherwise the part is ended. The writer decides without waiting whenever the blocks still in
 flight could not change the answer even at their worst-case sizes, and waits for them only near
-the end of a part, so the bytes are the same however the threads are scheduled.
+the end of a part, so the bytes are the same however the threads are scheduled. That holds while
+blocks stay within `GzipCodec.bound`, which the tests check on incompressible input at every
+level; a block that overran it would still give exact-size parts that decompress (cut mid-member,
+as `parts` does for zstd), only not necessarily the same bytes on every run.
 """
 
 from __future__ import annotations

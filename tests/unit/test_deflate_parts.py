@@ -110,3 +110,39 @@ def test_stopping_after_the_first_part_ends_the_pool() -> None:
     assert len(first.data) == 64 * 1024
     parts.close()
     assert deflate_threads() == []
+
+
+class OptimisticGzip(GzipCodec):
+    """A codec whose size bound is wrong, to drive the overflow fallbacks."""
+
+    def bound(self, size: int) -> int:
+        return size // 8
+
+    def largest_input(self, room: int) -> int:
+        return max(0, room * 8)
+
+
+def test_a_block_overrunning_its_bound_still_gives_exact_parts_that_decompress() -> None:
+    chunks = [Chunk(random.Random(i).randbytes(3000), i, 1) for i in range(60)]
+    expected = b"".join(c.data for c in chunks)
+    for part_size in (700, 4096, 20_000):
+        parts = deflate(chunks, OptimisticGzip(), part_size)
+        assert all(len(p.data) == part_size for p in parts[:-1])
+        assert any(not p.self_contained for p in parts)
+        assert gzip.decompress(b"".join(p.data for p in parts)) == expected
+
+
+def test_with_one_block_in_flight_an_overrun_object_resumes_byte_for_byte(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(deflate_parts, "MAX_BLOCKS_IN_FLIGHT", 1)
+    chunks = [Chunk(random.Random(i).randbytes(900) + b"row\n" * 400, i, 1) for i in range(80)]
+    parts = deflate(chunks, OptimisticGzip(), 5000)
+    resumable = [p for p in parts if p.resume is not None]
+    assert resumable
+    for part in resumable:
+        assert part.resume is not None
+        assert isinstance(part.resume.cursor, int)
+        tail = chunks[part.resume.cursor + 1 :]
+        again = iter_deflate_parts(tail, codec=OptimisticGzip(), part_size=5000, resume=part.resume)
+        assert [p.data for p in again] == [p.data for p in parts[part.number :]]
