@@ -3,11 +3,11 @@
 R2 rejects a multipart upload whose non-final parts differ in size, so every part but the last is
 exactly `part_size` bytes. With gzip or zstd each part holds whole frames, padded to the part size
 with format-level padding, so it decompresses on its own; frames end at offsets of the
-uncompressed stream that depend only on its bytes, never on chunk sizes. zstd is written here;
-gzip by `deflate_parts`, which compresses blocks on two threads. Uncompressed output is cut at
-exact offsets. Either way each part records a `ResumePoint`: the
-last cursor at or before its end plus the uncompressed bytes to drop after it, from which a fresh
-run reproduces the rest of the object byte for byte. Pure: no I/O, no clock.
+uncompressed stream that depend only on its bytes, never on chunk sizes. zstd is written here,
+gzip by `deflate_parts` (blocks deflated on two threads). Uncompressed output is cut at exact
+offsets. Either way each part records a `ResumePoint`: the last cursor at or before its end plus
+the uncompressed bytes to drop after it, from which a fresh run reproduces the rest of the object
+byte for byte. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
