@@ -33,7 +33,9 @@ from pipelines.serializers.xml_markup import (
     TEXT_ESCAPES,
     base64_element,
     escape_text,
+    find_all,
     nil_element,
+    rows_at,
 )
 
 NAMESPACE: Final = "urn:data-export:export:1"
@@ -60,14 +62,6 @@ def escape_attribute(text: str) -> str:
     if FORBIDDEN.search(text) is not None:
         raise ValueError(f"attribute value holds a character XML 1.0 forbids: {text!r}")
     return escape_text(text).replace('"', "&quot;").replace("\t", "&#9;").replace("\n", "&#10;")
-
-
-def _find_all(data: bytes, needle: bytes) -> Iterator[int]:
-    """Yield every offset of `needle` in `data`."""
-    position = data.find(needle)
-    while position >= 0:
-        yield position
-        position = data.find(needle, position + 1)
 
 
 def _element(name: str, value: str | None) -> str:
@@ -112,9 +106,10 @@ class _RecordWriter:
             if data.count(_MARK_BYTES) != marks:  # a value holds NUL: look at every row
                 data = self._rewritten(rows, lines, range(len(lines)))
             elif any(noncharacter in data for noncharacter in NONCHARACTER_BYTES):
-                found = [p for n in NONCHARACTER_BYTES for p in _find_all(data, n)]
-                found.extend(_find_all(data.translate(_FLAG_FORBIDDEN), _FLAG))
-                data = self._rewritten(rows, lines, self._rows_at(data, sorted(found)))
+                found = [p for n in NONCHARACTER_BYTES for p in find_all(data, n)]
+                found += find_all(data.translate(_FLAG_FORBIDDEN), _FLAG)
+                suspects = rows_at(data, self._row_start, found, first_row=-1)
+                data = self._rewritten(rows, lines, suspects)
             else:
                 data = self._spliced(rows, data)
         for special, reference in _BATCH_ESCAPES:
@@ -180,17 +175,6 @@ class _RecordWriter:
             position = flagged.find(_FLAG, end)
         pieces.append(data[kept_to:])
         return b"".join(pieces)
-
-    def _rows_at(self, data: bytes, positions: Sequence[int]) -> list[int]:
-        """Return the rows holding the byte offsets `positions` (sorted), once each."""
-        found: list[int] = []
-        row, counted_to = -1, 0
-        for position in positions:
-            row += data.count(self._row_start, counted_to, position)
-            counted_to = position
-            if not found or found[-1] != row:
-                found.append(row)
-        return found
 
     def _rewritten(self, rows: Sequence[Row], lines: list[str], suspects: Iterable[int]) -> bytes:
         """Return the batch with the `suspects` rows written value by value."""

@@ -14,7 +14,7 @@ hold the two to that on adversarial values. Pure: no I/O here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final, TypeAlias
 
 import pyarrow as pa
@@ -30,7 +30,9 @@ from pipelines.serializers.xml_markup import (
     TEXT_ESCAPES,
     base64_element,
     escape_text,
+    find_all,
     nil_element,
+    rows_at,
 )
 
 # Bytes that start something a value cannot be written with as it is: a markup character (`&`,
@@ -136,13 +138,13 @@ class ColumnarRecordWriter:
         """Return the columns with markup escaped, and per column position the base64 elements
         of values holding forbidden characters, by row."""
         limit = len(columns[0]) * self._dense_share
-        positions = _positions(data.translate(_FLAG_MARKED), _FLAG, limit + 1)
-        positions += _positions(data, _CDATA_END, limit + 1)
+        positions = find_all(data.translate(_FLAG_MARKED), _FLAG, limit + 1)
+        positions += find_all(data, _CDATA_END, limit + 1)
         if len(positions) > limit:
             return self._escaped_columns(data, columns), self._forbidden_by_regex(data, columns)
         escaped = list(columns)
         encoded: dict[int, dict[int, str]] = {}
-        rows = _rows_at(data, self._record_boundary, positions)
+        rows = rows_at(data, self._record_boundary, positions)
         for index in self._free_text:
             changed: dict[int, str] = {}
             for row in rows:
@@ -186,32 +188,6 @@ class ColumnarRecordWriter:
                     for row, value in zip(rows, originals, strict=True)
                 }
         return encoded
-
-
-def _positions(data: bytes, needle: bytes, limit: float | None = None) -> list[int]:
-    """Return the offsets of `needle` in `data`, stopping once `limit` are found."""
-    found: list[int] = []
-    position = data.find(needle)
-    while position >= 0 and (limit is None or len(found) < limit):
-        found.append(position)
-        position = data.find(needle, position + 1)
-    return found
-
-
-def _rows_at(data: bytes, boundary: bytes, positions: Iterable[int]) -> list[int]:
-    """Return the rows (0-based, in order, once each) holding the byte offsets `positions`.
-
-    A row's number is the count of record boundaries before it; none holds a character that is
-    looked for, so none straddles an offset.
-    """
-    rows: list[int] = []
-    row, counted_to = 0, 0
-    for position in sorted(positions):
-        row += data.count(boundary, counted_to, position)
-        counted_to = position
-        if not rows or rows[-1] != row:
-            rows.append(row)
-    return rows
 
 
 def _replaced(values: Any, by_row: dict[int, str]) -> Any:

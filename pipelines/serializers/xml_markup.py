@@ -1,4 +1,5 @@
-"""What both XML record writers share: record names, escapes and the characters XML 1.0 forbids.
+"""What both XML record writers share: record names, escapes, the characters XML 1.0 forbids, and
+the byte scans that find the few rows needing them.
 
 `pipelines.serializers.xml` writes rows value by value, `pipelines.serializers.xml_columns` a
 column at a time; both take these so their bytes cannot drift apart. No I/O here.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterable
 from typing import Final
 
 RECORD_ELEMENTS: Final = {"users": "user", "files": "file"}
@@ -41,3 +43,31 @@ def base64_element(name: str, value: str) -> str:
     """Return the element for a value holding characters XML forbids: base64 of its UTF-8."""
     encoded = base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")
     return f'<{name} encoding="base64">{encoded}</{name}>'
+
+
+def find_all(data: bytes, needle: bytes, limit: float | None = None) -> list[int]:
+    """Return the offsets of `needle` in `data`, stopping once `limit` are found."""
+    found: list[int] = []
+    position = data.find(needle)
+    while position >= 0 and (limit is None or len(found) < limit):
+        found.append(position)
+        position = data.find(needle, position + 1)
+    return found
+
+
+def rows_at(
+    data: bytes, marker: bytes, positions: Iterable[int], *, first_row: int = 0
+) -> list[int]:
+    """Return the rows (in order, once each) holding the byte offsets `positions`.
+
+    A row's number is `first_row` plus the count of `marker` before the offset: with a marker
+    that starts every row, pass -1; with one between rows, 0. No marker may straddle an offset.
+    """
+    rows: list[int] = []
+    row, counted_to = first_row, 0
+    for position in sorted(positions):
+        row += data.count(marker, counted_to, position)
+        counted_to = position
+        if not rows or rows[-1] != row:
+            rows.append(row)
+    return rows
