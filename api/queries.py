@@ -1,4 +1,4 @@
-"""Read queries of the API: one visible export, a filtered page of exports, statistics.
+"""Read queries of the API: an export with its audit trail, a page of exports, statistics.
 
 Every query takes the caller's connection and leaves the transaction to it. Lists are small pages
 (at most `MAX_PAGE_SIZE` rows) counted with the same filters; statistics come from the views
@@ -41,6 +41,47 @@ class ExportPage:
 
     rows: list[dict[str, Any]]
     total: int
+
+
+# The audit entries of the status document, gathered beside the export in the same statement:
+# one round trip and one snapshot instead of BEGIN, two reads and COMMIT.
+_EXPORT_WITH_LOGS = """
+    SELECT e.*, l.log_created_at, l.log_event, l.log_level, l.log_message, l.log_actor_type
+    FROM data_exports e
+    CROSS JOIN LATERAL (
+        SELECT array_agg(created_at ORDER BY id) AS log_created_at,
+               array_agg(event ORDER BY id) AS log_event,
+               array_agg(level ORDER BY id) AS log_level,
+               array_agg(message ORDER BY id) AS log_message,
+               array_agg(actor_type ORDER BY id) AS log_actor_type
+        FROM export_logs WHERE export_id = e.id
+    ) l
+    WHERE e.id = %s
+"""
+_LOG_FIELDS = ("created_at", "event", "level", "message", "actor_type")
+
+
+@dataclass(frozen=True)
+class ExportWithLogs:
+    """One export row and its audit entries, oldest first (as `pipelines.jobs.export_logs`)."""
+
+    row: dict[str, Any]
+    logs: list[dict[str, Any]]
+
+
+def export_with_logs(conn: psycopg.Connection[Any], export_id: uuid.UUID) -> ExportWithLogs | None:
+    """Return the export and its audit entries read by one statement, or None if there is none.
+
+    An export has tens of entries, not more, so they travel whole in the one row.
+    """
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(_EXPORT_WITH_LOGS, (export_id,))
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    columns = [row.pop(f"log_{field}") or [] for field in _LOG_FIELDS]
+    logs = [dict(zip(_LOG_FIELDS, values, strict=True)) for values in zip(*columns, strict=True)]
+    return ExportWithLogs(row=row, logs=logs)
 
 
 def _where(flt: ExportFilter) -> tuple[sql.Composable, list[Any]]:

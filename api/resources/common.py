@@ -14,6 +14,7 @@ from api.auth import Principal
 from api.payloads import export_id_param
 from api.permissions import can_view
 from api.problems import ProblemError
+from api.queries import ExportWithLogs, export_with_logs
 from api.submission import Origin
 from pipelines.jobs import get_export
 
@@ -50,6 +51,16 @@ def visible_export(
     if row is None or not can_view(principal, row):
         raise ProblemError("not-found", NOT_FOUND_DETAIL)
     return row
+
+
+def visible_export_with_logs(
+    conn: psycopg.Connection[Any], principal: Principal, raw_id: str
+) -> ExportWithLogs:
+    """Return the export and its audit entries as `visible_export` decides, in one statement."""
+    found = export_with_logs(conn, export_id_param(raw_id))
+    if found is None or not can_view(principal, found.row):
+        raise ProblemError("not-found", NOT_FOUND_DETAIL)
+    return found
 
 
 def send_json(resp: falcon.Response, document: Any, *, status: int = 200) -> None:

@@ -33,9 +33,16 @@ from api.queries import (
 )
 from api.queries import list_exports as query_exports
 from api.ratelimit import apply_rate_limit_headers
-from api.resources.common import origin_of, principal_of, send_json, send_page, visible_export
+from api.resources.common import (
+    origin_of,
+    principal_of,
+    send_json,
+    send_page,
+    visible_export,
+    visible_export_with_logs,
+)
 from api.submission import ExportSubmitter
-from pipelines.jobs import append_log, export_logs
+from pipelines.jobs import append_log
 from pipelines.options import FORMATS
 from pipelines.settings import Settings
 
@@ -133,10 +140,10 @@ class ExportStatusResource:
         """Answer the export's status document, or 404."""
         principal = principal_of(req)
         require(principal, Action.READ)
-        with self._database.transaction() as conn:
-            row = visible_export(conn, principal, export_id)
-            logs = export_logs(conn, str(row["id"]))
-        send_json(resp, {"export": status_document(row, logs)})
+        # One statement in autocommit: one round trip, and the row and its entries agree.
+        with self._database.autocommit() as conn:
+            found = visible_export_with_logs(conn, principal, export_id)
+        send_json(resp, {"export": status_document(found.row, found.logs)})
 
 
 class ExportVerifyResource:

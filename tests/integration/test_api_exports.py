@@ -25,7 +25,9 @@ from api.dispatch import RecordingDispatcher, broker_down
 from api.ratelimit import RateLimiter, create_redis
 from api.submission import ENQUEUE_FAILED_CODE
 from pipelines.database import connect
+from pipelines.jobs import NewExport, append_log, create_export, export_logs
 from pipelines.logs import JsonFormatter
+from pipelines.options import ExportOptions
 
 LIMIT = 3
 
@@ -95,6 +97,56 @@ def test_user_export_is_accepted_queued_enqueued_and_audited(api: Api) -> None:
     status = api.client.simulate_get(export["links"]["status"], headers=auth(user))
     assert status.status_code == 200
     assert [entry["event"] for entry in status.json["export"]["logs"]] == ["export.requested"]
+
+
+def test_status_lists_every_audit_entry_oldest_first_as_the_trail_holds_them(api: Api) -> None:
+    user = add_user(api.database_url)
+    export_id = create(api, user).json["export"]["id"]
+    with connect(api.database_url) as conn:
+        for event, level, message in [
+            ("export.started", "info", "started"),
+            ("export.part_retried", "warning", "part 2 retried: 'reset', \"again\"\n"),
+            ("export.failed", "error", "ünïcode"),
+        ]:
+            append_log(
+                conn, event=event, message=message, actor_type="worker", export_id=export_id,
+                level=level,
+            )  # fmt: skip
+        conn.commit()
+        trail = export_logs(conn, export_id)
+
+    status = api.client.simulate_get(f"/api/exports/{export_id}/status", headers=auth(user))
+
+    assert status.status_code == 200
+    assert status.json["export"]["logs"] == [
+        {
+            "at": entry["created_at"].isoformat(),
+            "event": entry["event"],
+            "level": entry["level"],
+            "message": entry["message"],
+            "actorType": entry["actor_type"],
+        }
+        for entry in trail
+    ]
+    assert [entry["event"] for entry in status.json["export"]["logs"]] == [
+        "export.requested", "export.started", "export.part_retried", "export.failed",
+    ]  # fmt: skip
+
+
+def test_status_of_an_export_without_audit_entries_lists_none(api: Api) -> None:
+    user = add_user(api.database_url)
+    with connect(api.database_url) as conn:
+        created = create_export(
+            conn, NewExport(user_id=str(user), export_type="user", options=ExportOptions())
+        )
+        conn.commit()
+    export_id = str(created.row["id"])
+
+    status = api.client.simulate_get(f"/api/exports/{export_id}/status", headers=auth(user))
+
+    assert status.status_code == 200
+    assert status.json["export"]["id"] == export_id
+    assert status.json["export"]["logs"] == []
 
 
 def test_accepted_export_is_logged_in_one_json_access_line_with_request_and_export_ids(
