@@ -72,7 +72,8 @@ class ExportWithLogs:
 def export_with_logs(conn: psycopg.Connection[Any], export_id: uuid.UUID) -> ExportWithLogs | None:
     """Return the export and its audit entries read by one statement, or None if there is none.
 
-    An export has tens of entries, not more, so they travel whole in the one row.
+    The entries travel whole in the one row: tens for a user export, two or three per shard for a
+    bulk export (the status document lists them all, as it did when they were read apart).
     """
     with conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute(_EXPORT_WITH_LOGS, (export_id,))
