@@ -217,7 +217,8 @@ def append_log(
 
 
 def export_logs(conn: psycopg.Connection[Any], export_id: str) -> list[dict[str, Any]]:
-    """Return an export's audit entries, oldest first (an export has tens of them, not more)."""
+    """Return an export's audit entries, oldest first: tens for a user export, two or three per
+    shard for a bulk export."""
     with conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute(
             "SELECT created_at, event, level, message, actor_type, details"
