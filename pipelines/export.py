@@ -36,8 +36,8 @@ GENERATOR_VERSION = "0.1.0"
 # Chunks (about one batch each, ~1 MB) queued between the serializing and the compressing thread:
 # enough to ride out jitter on either side, few enough that memory stays a few batches.
 HANDOFF_CHUNKS: Final = 4
-# Row batches fetched ahead of the serializer: the database produces the next while this one is
-# serialized (a server-side cursor sends nothing until asked). Two keep it busy.
+# Batches read ahead of the serializer: the database produces the next while this one is
+# serialized (COPY stops sending while the socket is full). Two keep it busy.
 PREFETCH_BATCHES: Final = 2
 # How often a producer blocked on a full queue checks whether the consumer has gone away.
 HANDOFF_POLL_SECONDS: Final = 0.1

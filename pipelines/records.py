@@ -110,7 +110,11 @@ def source_table(name: str) -> Table:
 
 @dataclass(frozen=True, slots=True)
 class RowBatch:
-    """Rows of one table plus the opaque position to resume from after them."""
+    """Rows of one table plus the opaque position to resume from after them.
+
+    The database sources send `CsvRowBatch`es instead; rows are how any other source (a test, a
+    program using the serializers) hands values over.
+    """
 
     table: Table
     rows: Sequence[Row]

@@ -1,13 +1,13 @@
 """Row sources: one user's data, or a shard of many users, streamed from PostgreSQL in batches.
 
-Rows are read as text (the fastest form measured, and exact for restore) through a server-side
-cursor ordered by key, inside a REPEATABLE READ, READ ONLY transaction that may adopt an exported
-snapshot, so every shard of a bulk export on any machine reads the same point in time. For a CSV
-export PostgreSQL writes the records itself (`COPY (SELECT ...) TO STDOUT`, see
-`pipelines.database_csv`), in the same order and with the same resume positions; for XML the same
-`COPY` sends the rows as CSV (`CsvRowBatch`), for the serializer to rewrite a column at a time; for
-JSON and JSON Lines it converts timestamps and booleans (`pipelines.sql_values`). A source can
-start after a recorded position, which is how an interrupted export resumes. Nothing here is
+Every format reads through `COPY (SELECT ...) TO STDOUT` in CSV, ordered by key (see
+`pipelines.database_csv`), inside a REPEATABLE READ, READ ONLY transaction that may adopt an
+exported snapshot, so every shard of a bulk export on any machine reads the same point in time.
+For a CSV export PostgreSQL writes the records themselves (`EncodedBatch`); for JSON, JSON Lines
+and XML it sends the rows as CSV (`CsvRowBatch`) with timestamps and booleans converted
+(`pipelines.sql_values`), for the serializer to rewrite a column at a time. Values stay
+PostgreSQL's own text: exact for restore, and measured fastest. A source can start after a
+recorded position, which is how an interrupted export resumes. Nothing here is
 buffered beyond one batch.
 """
 
@@ -20,7 +20,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.string import TextLoader
 
 from pipelines.copy_output import iter_copy_output
 from pipelines.database import translate_error
@@ -37,20 +36,14 @@ from pipelines.records import (
     USERS,
     CsvRowBatch,
     EncodedBatch,
-    RowBatch,
     SourceBatch,
     Table,
     export_tables,
 )
 from pipelines.serializers.csv import csv_layout
-from pipelines.sql_values import export_value
 
-# Types whose values are handed on as PostgreSQL prints them (`t`/`f`, ISO timestamps, jsonb text)
-# instead of being parsed into Python objects and printed again.
-TEXT_LOADED_TYPES = ("uuid", "bool", "int8", "timestamptz", "jsonb", "text")
-
-# Rows per fetch: about 1 MB of files rows (466 bytes each on average), enough to amortise the
-# round trip, small enough that memory stays one batch.
+# Records per batch: about 1 MB of files rows (466 bytes each on average), enough to amortise the
+# per-batch work, small enough that memory stays one batch.
 BATCH_ROWS = 2000
 
 
@@ -177,60 +170,28 @@ def _iter_table(
     select = sql.SQL("SELECT {columns} FROM {table} WHERE {where} ORDER BY {order}")
     where = sql.SQL(" AND ").join(conditions)
     order = sql.SQL(", ").join(sql.Identifier(name) for name in key_columns)
-    if options.format in {"csv", "xml"}:
-        if options.format == "csv":
-            layout = csv_layout(
-                export_tables(options.include_system_fields),
-                include_metadata=options.include_metadata,
-            )
-            columns = csv_select_list(table, layout)
-        else:
-            layout = table.column_names
-            columns = row_select_list(table)
-        query = select.format(
-            columns=columns, table=sql.Identifier(table.name), where=where, order=order
+    if options.format == "csv":
+        layout = csv_layout(
+            export_tables(options.include_system_fields),
+            include_metadata=options.include_metadata,
         )
-        key_fields = [1 + layout.index(name) for name in key_columns]
-        yield from _iter_copied_csv(
-            conn,
-            table,
-            query,
-            params,
-            key_fields=key_fields,
-            batch_rows=batch_rows,
-            export_format=options.format,
-        )
-        return
-    # Timestamps and booleans are converted by the database, at a fraction of Python's cost.
-    export_values = options.format in {"json", "jsonl"}
+        columns = csv_select_list(table, layout)
+    else:
+        layout = table.column_names
+        columns = row_select_list(table)
     query = select.format(
-        columns=sql.SQL(", ").join(_row_values(table, export_values=export_values)),
-        table=sql.Identifier(table.name),
-        where=where,
-        order=order,
+        columns=columns, table=sql.Identifier(table.name), where=where, order=order
     )
-    key_index = tuple(table.column_names.index(name) for name in key_columns)
-    try:
-        with conn.cursor(name=f"export_{table.name}") as cursor:
-            _load_as_text(cursor)
-            cursor.itersize = batch_rows
-            cursor.execute(query, params)
-            while rows := cursor.fetchmany(batch_rows):
-                last = rows[-1]
-                position = SourcePosition(table.name, tuple(str(last[i]) for i in key_index))
-                yield RowBatch(table=table, rows=rows, cursor=position, export_values=export_values)
-    except psycopg.Error as exc:
-        raise translate_error(exc, f"reading {table.name}") from exc
-
-
-def _row_values(table: Table, *, export_values: bool) -> list[sql.Composable]:
-    """Return the SELECT list of `table`'s columns, converted to export text when asked."""
-    if not export_values:
-        return [sql.Identifier(column.name) for column in table.columns]
-    return [
-        sql.SQL("{} AS {}").format(export_value(column), sql.Identifier(column.name))
-        for column in table.columns
-    ]
+    key_fields = [1 + layout.index(name) for name in key_columns]
+    yield from _iter_copied_csv(
+        conn,
+        table,
+        query,
+        params,
+        key_fields=key_fields,
+        batch_rows=batch_rows,
+        export_format=options.format,
+    )
 
 
 def _iter_copied_csv(
@@ -269,12 +230,6 @@ def _iter_copied_csv(
         raise translate_error(exc, f"reading {table.name}") from exc
     except ValueError as exc:
         raise PermanentError(f"reading {table.name} as CSV: {exc}") from exc
-
-
-def _load_as_text(cursor: psycopg.Cursor[Any]) -> None:
-    """Keep every value as PostgreSQL's own text output: exact, and the cheapest to fetch."""
-    for type_name in TEXT_LOADED_TYPES:
-        cursor.adapters.register_loader(type_name, TextLoader)
 
 
 def _conditions(

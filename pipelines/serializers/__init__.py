@@ -1,6 +1,7 @@
 """Chunked serializers: export streams to bytes in JSON, JSON Lines, CSV or XML.
 
-A stream is `RowBatch`es of rows, or for CSV also `EncodedBatch`es the database wrote itself.
+A stream is `RowBatch`es of rows or `CsvRowBatch`es of rows the database sent as CSV (what the
+sources yield for JSON, JSON Lines and XML), or for CSV `EncodedBatch`es the database wrote itself.
 
 Each `encode_*` is a generator of `Chunk`s with the same keyword options; `ENCODERS` maps a format
 name to it. Output never depends on batch sizes, and `resume=` continues after any batch's chunk.

@@ -2,8 +2,9 @@
 
 Values stay PostgreSQL text: bigint and jsonb are embedded unparsed with `orjson.Fragment`,
 timestamps become ISO 8601 with `Z` (or arrive so, converted by the database: `export_values`).
-The line layout (docs/formats.md) lets a reader stream the document line by line while any JSON
-parser still reads it whole. No I/O here.
+Rows the database sent as CSV (`CsvRowBatch`) are written a column at a time by
+`pipelines.serializers.json_columns`, to the same bytes. The line layout (docs/formats.md) lets a
+reader stream the document line by line while any JSON parser still reads it whole. No I/O here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import orjson
 
 from pipelines.formats.metadata import header_fields, trailer_fields
 from pipelines.formats.values import iso_timestamp
-from pipelines.records import ExportHeader, Row, RowBatch, SourceBatch, Table
+from pipelines.records import CsvRowBatch, ExportHeader, Row, RowBatch, SourceBatch, Table
 from pipelines.serializers.common import Chunk, ResumePoint, Sections, rows_of
 
 FORMAT_NAME: Final = "data-export"
@@ -80,6 +81,19 @@ def row_objects(table: Table, *, prefix: bytes = b"") -> RowObjects:
     return encode
 
 
+def columnar_writer(
+    writers: dict[str, Callable[[CsvRowBatch], bytes]], table: Table, **layout: str
+) -> Callable[[CsvRowBatch], bytes]:
+    """Return the cached columnar writer of `table` in `writers`, made with `layout` if new."""
+    writer = writers.get(table.name)
+    if writer is None:
+        # Arrow is imported by the first export that needs it, not by every process.
+        from pipelines.serializers.json_columns import ColumnarJsonWriter
+
+        writer = writers[table.name] = ColumnarJsonWriter(table, **layout)
+    return writer
+
+
 def _converted(batch: SourceBatch) -> bool:
     """Return whether `batch` holds values the database converted (rows only reach here)."""
     return isinstance(batch, RowBatch) and batch.export_values
@@ -109,16 +123,24 @@ def encode_json(
         if include_metadata:
             opening += b'\n"header":' + orjson.dumps(header_fields(header)) + b","
         yield Chunk(opening, None, 0)
+    columnar: dict[str, Callable[[CsvRowBatch], bytes]] = {}
     for batch in batches:
-        rows = rows_of(batch, "json", export_values=True)
-        parts: list[bytes] = []
-        parts.extend(_transition(*step) for step in sections.enter(batch))
-        if rows:
-            objects = encoders[batch.table.name](rows, _converted(batch))
-            parts.append(b",\n" if sections.counts[batch.table.name] else b"\n")
-            parts.append(b",\n".join(objects))
-        point = sections.add(batch.table, len(rows))
-        yield Chunk(b"".join(parts), batch.cursor, len(rows), point)
+        parts = [_transition(*step) for step in sections.enter(batch)]
+        first = not sections.counts[batch.table.name]
+        if isinstance(batch, CsvRowBatch):
+            records = batch.records
+            data = columnar_writer(columnar, batch.table, before=",\n")(batch)
+            # Each record comes after `,\n`; the first of a table only after the line break.
+            parts.append(data[1:] if first and data else data)
+        else:
+            rows = rows_of(batch, "json", export_values=True)
+            records = len(rows)
+            if rows:
+                objects = encoders[batch.table.name](rows, _converted(batch))
+                parts.append(b"\n" if first else b",\n")
+                parts.append(b",\n".join(objects))
+        point = sections.add(batch.table, records)
+        yield Chunk(b"".join(parts), batch.cursor, records, point)
     parts = [_transition(*step) for step in sections.finish()]
     if include_metadata:
         parts.append(b',\n"metadata":' + orjson.dumps(trailer_fields(sections.trailer())))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from copy_csv import both_ways, copy_csv, row_lists
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,12 +13,11 @@ from pipelines.records import (
     CsvRowBatch,
     ExportHeader,
     Row,
-    RowBatch,
     SourceBatch,
     Table,
     export_tables,
 )
-from pipelines.serializers import encode_xml, xml_columns
+from pipelines.serializers import arrow_columns, encode_xml
 from pipelines.serializers.xml_columns import ColumnarRecordWriter
 
 USERS, FILES = export_tables(True)
@@ -37,31 +37,10 @@ TEXT = st.one_of(
         max_size=6,
     ).map("".join),
 )
-KIND_VALUES = {
-    "uuid": st.uuids().map(str),
-    "text": TEXT,
-    "jsonb": TEXT,
-    "bigint": st.integers(min_value=-(2**63), max_value=2**63 - 1).map(str),
-    "boolean": st.sampled_from(["true", "false"]),
-    "timestamptz": st.sampled_from(
-        ["2024-03-01T12:00:00.5Z", "infinity", "-infinity", "0044-03-15 12:00:00+00 BC"]
-    ),
-}
 
 
 def _rows(table: Table) -> st.SearchStrategy[list[Row]]:
-    values = [st.none() | KIND_VALUES[column.kind] for column in table.columns]
-    return st.lists(st.tuples(*values), max_size=6)
-
-
-def _copy_csv(table: Table, rows: list[Row]) -> bytes:
-    """Return `rows` as `COPY (SELECT name, ...) TO STDOUT (FORMAT csv, FORCE_QUOTE *)` writes."""
-    lines = []
-    for row in rows:
-        fields = [table.name, *row]
-        cells = ["" if v is None else '"' + v.replace('"', '""') + '"' for v in fields]
-        lines.append(",".join(cells) + "\n")
-    return "".join(lines).encode()
+    return row_lists(table, TEXT, TEXT)
 
 
 def _document(batches: list[SourceBatch]) -> bytes:
@@ -73,22 +52,14 @@ def _document(batches: list[SourceBatch]) -> bytes:
 def test_csv_rows_give_the_bytes_of_the_same_rows(
     users: list[Row], files: list[Row], split: int
 ) -> None:
-    from_rows: list[SourceBatch] = [
-        RowBatch(USERS, users, None, export_values=True),
-        RowBatch(FILES, files, None, export_values=True),
-    ]
-    from_csv: list[SourceBatch] = [
-        CsvRowBatch(USERS, _copy_csv(USERS, users), len(users), None),
-        CsvRowBatch(FILES, _copy_csv(FILES, files[:split]), len(files[:split]), None),
-        CsvRowBatch(FILES, _copy_csv(FILES, files[split:]), len(files[split:]), None),
-    ]
+    from_rows, from_csv = both_ways(USERS, FILES, users, files, split)
 
     assert _document(from_csv) == _document(from_rows)
 
 
 @given(files=_rows(FILES))
 def test_markup_escaped_by_row_or_by_column_gives_the_same_bytes(files: list[Row]) -> None:
-    batch = CsvRowBatch(FILES, _copy_csv(FILES, files), len(files), None)
+    batch = CsvRowBatch(FILES, copy_csv(FILES, files), len(files), None)
 
     by_row = ColumnarRecordWriter(FILES, dense_share=float("inf"))(batch)
     by_column = ColumnarRecordWriter(FILES, dense_share=0.0)(batch)
@@ -102,12 +73,12 @@ def test_a_batch_whose_record_count_is_wrong_is_refused() -> None:
     writer = ColumnarRecordWriter(table)
 
     with pytest.raises(ValueError, match="holds 1 records, not 2"):
-        writer(CsvRowBatch(table, _copy_csv(table, [row]), 2, None))
+        writer(CsvRowBatch(table, copy_csv(table, [row]), 2, None))
 
 
 def test_null_and_empty_text_stay_apart() -> None:
     table = FILES.select(["id", "path", "metadata"])
-    data = _copy_csv(table, [("1", "", None)])
+    data = copy_csv(table, [("1", "", None)])
 
     written = ColumnarRecordWriter(table)(CsvRowBatch(table, data, 1, None))
 
@@ -119,10 +90,10 @@ def test_a_batch_read_in_several_blocks_gives_the_same_records(
 ) -> None:
     table = FILES.select(["id", "path"])
     rows: list[Row] = [(str(i), "line\n" * 20 + "é" * i) for i in range(200)]
-    batch = CsvRowBatch(table, _copy_csv(table, rows), len(rows), None)
+    batch = CsvRowBatch(table, copy_csv(table, rows), len(rows), None)
     whole = ColumnarRecordWriter(table)(batch)
 
-    monkeypatch.setattr(xml_columns, "_MAX_BLOCK_BYTES", 1000)
+    monkeypatch.setattr(arrow_columns, "MAX_BLOCK_BYTES", 1000)
     in_blocks = ColumnarRecordWriter(table)(batch)
 
     assert in_blocks == whole
