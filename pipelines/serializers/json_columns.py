@@ -1,15 +1,15 @@
 """Write JSON records from rows PostgreSQL sent as CSV, a column at a time with Arrow's kernels.
 
 Arrow's CSV reader turns a `CsvRowBatch` into one string array per column, and one element-wise
-join writes every record from them, so no Python runs per row or per value: the reason JSON and
-JSON Lines exports cost about what CSV costs (bench/RESULTS.md).
+join writes every record from them, so no Python runs per row or per value: what brought JSON and
+JSON Lines exports under the `row_to_json | zstd -3` floor (bench/RESULTS.md).
 
 Every value is written as `pipelines.serializers.json.row_objects` writes it: ids, timestamps and
-text quoted, bigint, boolean and jsonb as PostgreSQL printed them, NULL as `null`. Text values
-holding a character JSON escapes (a quote, a backslash, a control character) are rare; a regex
-finds them in each text column, and only those values are written by orjson, one at a time. The
-bytes are exactly those of the row serializer; the tests hold the two to that on adversarial
-values. Pure: no I/O here.
+text quoted, bigint, boolean and jsonb as PostgreSQL printed them, NULL as `null`. A regex finds
+the text columns of a batch holding a character JSON escapes; in those, Arrow escapes quotes and
+backslashes for the whole column (Windows paths are full of backslashes), and only the rare values
+holding a control character are written by orjson, one at a time. The bytes are exactly those of
+the row serializer; the tests hold the two to that on adversarial values. Pure: no I/O here.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ _QUOTED_KINDS: Final = frozenset({"uuid", "text", "timestamptz"})
 # What JSON must escape in a string (RFC 8259 §7), as RE2 (Arrow's regex engine) writes it. Ids
 # and the database's timestamps never hold any; free text may.
 _NEEDS_ESCAPE: Final = r'[\x{0}-\x{1f}"\\]'
+_CONTROL: Final = r"[\x{0}-\x{1f}]"
+# The two printable characters JSON escapes, as orjson escapes them: the backslash first.
+_PRINTABLE_ESCAPES: Final = (("\\", "\\\\"), ('"', '\\"'))
 
 
 class ColumnarJsonWriter:
@@ -63,13 +66,13 @@ class ColumnarJsonWriter:
             if column.kind not in _QUOTED_KINDS:
                 pieces.append(pc.fill_null(values, text("null")) if values.null_count else values)
                 continue
-            escaped = _escaped_strings(values) if column.kind == "text" else {}
-            if not values.null_count and not escaped:
+            if column.kind == "text" and _needs_escapes(values):
+                strings = _escaped_strings(values)
+            elif not values.null_count:
                 pieces += ['"', values, '"']
                 continue
-            strings = pc.binary_join_element_wise(text('"'), values, text('"'), text(""))
-            if escaped:
-                strings = replaced(strings, escaped)
+            else:
+                strings = pc.binary_join_element_wise(text('"'), values, text('"'), text(""))
             if values.null_count:
                 strings = pc.fill_null(strings, text("null"))
             pieces.append(strings)
@@ -77,12 +80,27 @@ class ColumnarJsonWriter:
         return joined_records(pieces)
 
 
-def _escaped_strings(values: Any) -> dict[int, str]:
-    """Return, by row, the JSON strings of the values that need escapes (written by orjson)."""
-    matches = pc.match_substring_regex(values, _NEEDS_ESCAPE)
-    if not pc.any(matches).as_py():
-        return {}
-    found = pc.fill_null(matches, False)
-    rows = pc.indices_nonzero(found).to_pylist()
-    originals = values.filter(found).to_pylist()
-    return {row: orjson.dumps(value).decode() for row, value in zip(rows, originals, strict=True)}
+def _needs_escapes(values: Any) -> bool:
+    """Return whether any of the text values holds a character JSON escapes."""
+    return bool(pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py())
+
+
+def _escaped_strings(values: Any) -> Any:
+    """Return the text values as JSON strings, quotes included, NULL kept.
+
+    Quotes and backslashes are escaped a column at a time; a value holding a control character is
+    written whole by orjson, which knows the escape for each.
+    """
+    escaped = values
+    for special, escape in _PRINTABLE_ESCAPES:
+        escaped = pc.replace_substring(escaped, special, escape)
+    strings = pc.binary_join_element_wise(text('"'), escaped, text('"'), text(""))
+    controls = pc.fill_null(pc.match_substring_regex(values, _CONTROL), False)
+    if not pc.any(controls).as_py():
+        return strings
+    rows = pc.indices_nonzero(controls).to_pylist()
+    originals = values.filter(controls).to_pylist()
+    return replaced(
+        strings,
+        {row: orjson.dumps(value).decode() for row, value in zip(rows, originals, strict=True)},
+    )
