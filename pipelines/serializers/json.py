@@ -82,15 +82,21 @@ def row_objects(table: Table, *, prefix: bytes = b"") -> RowObjects:
 
 
 def columnar_writer(
-    writers: dict[str, Callable[[CsvRowBatch], bytes]], table: Table, **layout: str
+    writers: dict[str, Callable[[CsvRowBatch], bytes]],
+    table: Table,
+    *,
+    before: str = "",
+    prefix: str = "",
+    after: str = "",
 ) -> Callable[[CsvRowBatch], bytes]:
-    """Return the cached columnar writer of `table` in `writers`, made with `layout` if new."""
+    """Return the cached columnar writer of `table` in `writers`, made with this layout if new."""
     writer = writers.get(table.name)
     if writer is None:
         # Arrow is imported by the first export that needs it, not by every process.
         from pipelines.serializers.json_columns import ColumnarJsonWriter
 
-        writer = writers[table.name] = ColumnarJsonWriter(table, **layout)
+        writer = ColumnarJsonWriter(table, before=before, prefix=prefix, after=after)
+        writers[table.name] = writer
     return writer
 
 

@@ -6,10 +6,11 @@ JSON Lines exports under the `row_to_json | zstd -3` floor (bench/RESULTS.md).
 
 Every value is written as `pipelines.serializers.json.row_objects` writes it: ids, timestamps and
 text quoted, bigint, boolean and jsonb as PostgreSQL printed them, NULL as `null`. A regex finds
-the text columns of a batch holding a character JSON escapes; in those, Arrow escapes quotes and
-backslashes for the whole column (Windows paths are full of backslashes), and only the rare values
-holding a control character are written by orjson, one at a time. The bytes are exactly those of
-the row serializer; the tests hold the two to that on adversarial values. Pure: no I/O here.
+the text values holding a character JSON escapes. They are usually rare, and orjson writes them
+one at a time; when a column holds many (Windows paths are full of backslashes), Arrow escapes
+quotes and backslashes for the whole column and orjson writes only the values holding a control
+character. Either way the bytes are exactly those of the row serializer; the tests hold them to
+that on adversarial values. Pure: no I/O here.
 """
 
 from __future__ import annotations
@@ -36,19 +37,29 @@ _NEEDS_ESCAPE: Final = r'[\x{0}-\x{1f}"\\]'
 _CONTROL: Final = r"[\x{0}-\x{1f}]"
 # The two printable characters JSON escapes, as orjson escapes them: the backslash first.
 _PRINTABLE_ESCAPES: Final = (("\\", "\\\\"), ('"', '\\"'))
+# Above this share of a column's values needing escapes, Arrow escapes the whole column.
+DENSE_SHARE: Final = 0.05
 
 
 class ColumnarJsonWriter:
     """Write the records of one table's `CsvRowBatch`es as JSON objects, back to back.
 
     Each record is `before`, then `{`, then `prefix` (members written before the columns, with
-    their trailing comma), then one member per column, then `}` and `after`.
+    their trailing comma), then one member per column, then `}` and `after`. `dense_share` is the
+    share of a text column's values needing escapes above which the whole column is escaped.
     """
 
     def __init__(
-        self, table: Table, *, before: str = "", prefix: str = "", after: str = ""
+        self,
+        table: Table,
+        *,
+        before: str = "",
+        prefix: str = "",
+        after: str = "",
+        dense_share: float = DENSE_SHARE,
     ) -> None:
         self._read = CsvColumns(table)
+        self._dense_share = dense_share
         self._table = table
         self._opening = before + "{" + prefix
         self._closing = "}" + after
@@ -66,13 +77,16 @@ class ColumnarJsonWriter:
             if column.kind not in _QUOTED_KINDS:
                 pieces.append(pc.fill_null(values, text("null")) if values.null_count else values)
                 continue
-            if column.kind == "text" and _needs_escapes(values):
-                strings = _escaped_strings(values)
-            elif not values.null_count:
+            escapes = _escapes(values) if column.kind == "text" else None
+            if escapes is None and not values.null_count:
                 pieces += ['"', values, '"']
                 continue
+            if escapes is None:
+                strings = _quoted(values)
+            elif pc.sum(escapes).as_py() > len(values) * self._dense_share:
+                strings = _escaped_column(values)
             else:
-                strings = pc.binary_join_element_wise(text('"'), values, text('"'), text(""))
+                strings = replaced(_quoted(values), _orjson_strings(values, escapes))
             if values.null_count:
                 strings = pc.fill_null(strings, text("null"))
             pieces.append(strings)
@@ -80,27 +94,36 @@ class ColumnarJsonWriter:
         return joined_records(pieces)
 
 
-def _needs_escapes(values: Any) -> bool:
-    """Return whether any of the text values holds a character JSON escapes."""
-    return bool(pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py())
+def _escapes(values: Any) -> Any:
+    """Return which text values hold a character JSON escapes (NULL for NULL), or None if none."""
+    matches = pc.match_substring_regex(values, _NEEDS_ESCAPE)
+    return matches if pc.any(matches).as_py() else None
 
 
-def _escaped_strings(values: Any) -> Any:
+def _quoted(values: Any) -> Any:
+    """Return the values between quotes, NULL kept."""
+    return pc.binary_join_element_wise(text('"'), values, text('"'), text(""))
+
+
+def _orjson_strings(values: Any, chosen: Any) -> dict[int, str]:
+    """Return, by row, the chosen values (a boolean array) as JSON strings written by orjson."""
+    chosen = pc.fill_null(chosen, False)
+    rows = pc.indices_nonzero(chosen).to_pylist()
+    originals = values.filter(chosen).to_pylist()
+    return {row: orjson.dumps(value).decode() for row, value in zip(rows, originals, strict=True)}
+
+
+def _escaped_column(values: Any) -> Any:
     """Return the text values as JSON strings, quotes included, NULL kept.
 
-    Quotes and backslashes are escaped a column at a time; a value holding a control character is
-    written whole by orjson, which knows the escape for each.
+    Quotes and backslashes are escaped for the whole column; a value holding a control character
+    is written whole by orjson, which knows the escape for each.
     """
     escaped = values
     for special, escape in _PRINTABLE_ESCAPES:
         escaped = pc.replace_substring(escaped, special, escape)
-    strings = pc.binary_join_element_wise(text('"'), escaped, text('"'), text(""))
-    controls = pc.fill_null(pc.match_substring_regex(values, _CONTROL), False)
+    strings = _quoted(escaped)
+    controls = pc.match_substring_regex(values, _CONTROL)
     if not pc.any(controls).as_py():
         return strings
-    rows = pc.indices_nonzero(controls).to_pylist()
-    originals = values.filter(controls).to_pylist()
-    return replaced(
-        strings,
-        {row: orjson.dumps(value).decode() for row, value in zip(rows, originals, strict=True)},
-    )
+    return replaced(strings, _orjson_strings(values, controls))

@@ -66,6 +66,16 @@ def test_csv_rows_give_the_bytes_of_the_same_rows(
     assert written(from_csv) == written(from_rows)
 
 
+@given(files=_rows(FILES))
+def test_escapes_written_by_value_or_by_column_give_the_same_bytes(files: list[Row]) -> None:
+    batch = CsvRowBatch(FILES, copy_csv(FILES, files), len(files), None)
+
+    by_value = ColumnarJsonWriter(FILES, dense_share=float("inf"))(batch)
+    by_column = ColumnarJsonWriter(FILES, dense_share=0.0)(batch)
+
+    assert by_value == by_column
+
+
 def test_values_needing_escapes_are_written_as_json_writes_them() -> None:
     table = FILES.select(["id", "path", "size_bytes", "metadata"])
     rows: list[Row] = [
