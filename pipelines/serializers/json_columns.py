@@ -34,7 +34,7 @@ _QUOTED_KINDS: Final = frozenset({"uuid", "text", "timestamptz"})
 # What JSON must escape in a string (RFC 8259 §7), as RE2 (Arrow's regex engine) writes it. Ids
 # and the database's timestamps never hold any; free text may.
 _NEEDS_ESCAPE: Final = r'[\x{0}-\x{1f}"\\]'
-# The control characters among them, left to orjson: each has its own escape (`\\n`, `\\u001f`).
+# The control characters among them, left to orjson: each has its own escape (`\n`, `\u001f`).
 _CONTROL: Final = r"[\x{0}-\x{1f}]"
 # The two printable characters JSON escapes, as orjson escapes them: the backslash first.
 _PRINTABLE_ESCAPES: Final = (("\\", "\\\\"), ('"', '\\"'))
