@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from system_tools import system_tool
 
 from api.documents import HEALTH_FIELDS
 from pipelines.settings import SPECS
@@ -498,10 +499,10 @@ def test_alert_rules_use_known_metrics_and_link_to_the_runbook() -> None:
         assert _metric_names(rule["expr"]) - known == set(), rule["alert"]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_alert_rules_pass_promtool() -> None:
+    promtool = system_tool("promtool", package="prometheus")
     result = subprocess.run(
-        ["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
+        [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
