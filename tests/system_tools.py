@@ -1,4 +1,5 @@
-"""Standard command-line tools some tests drive for real (jq, xmllint, zstd, promtool).
+"""Standard command-line tools some tests drive for real (jq, xmllint, zstd, gzip, promtool,
+systemd-analyze).
 
 They are system packages, not on a fresh machine with only Python, where the README's test
 command must still pass: a test needing one is skipped there, with the command that installs it.

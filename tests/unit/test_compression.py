@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import random
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from system_tools import system_tool
 
 from pipelines.compression import detect_compression, iter_decompressed, open_codec
 from pipelines.compression.frames import (
@@ -96,36 +96,36 @@ def test_padding_too_small_to_encode_is_refused(compression: str, size: int) -> 
         codec.padding(size)
 
 
-@pytest.mark.skipif(shutil.which("gzip") is None, reason="needs the gzip tool")
 def test_real_gzip_reads_members_and_padding() -> None:
+    gzip_tool = system_tool("gzip", package="gzip")
     blob = framed("gzip", [b"one\n", b"two\n" * 1000, b""], pad=GZIP_PAD_MIN_BYTES + 300)
-    result = subprocess.run(["gzip", "-dc"], input=blob, capture_output=True, check=True)
+    result = subprocess.run([gzip_tool, "-dc"], input=blob, capture_output=True, check=True)
     assert result.stdout == b"one\n" + b"two\n" * 1000
     assert gzip.decompress(blob) == result.stdout
 
 
-@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd tool")
 def test_real_zstd_reads_frames_and_skippable_padding() -> None:
+    zstd_tool = system_tool("zstd", package="zstd")
     blob = framed("zstd", [b"one\n", b"two\n" * 1000, b""], pad=300)
-    result = subprocess.run(["zstd", "-dc"], input=blob, capture_output=True, check=True)
+    result = subprocess.run([zstd_tool, "-dc"], input=blob, capture_output=True, check=True)
     assert result.stdout == b"one\n" + b"two\n" * 1000
     reader = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
     assert reader.decompress(blob) == result.stdout
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
-@pytest.mark.skipif(not (shutil.which("gzip") and shutil.which("zstd")), reason="needs tools")
 def test_real_tools_read_the_whole_object_and_each_part_alone(compression: str) -> None:
+    tool = system_tool(compression, package=compression)
     lines = [f"{i},user{i % 97},path/{i}\n".encode() * (i % 13) for i in range(3000)]
     chunks = [Chunk(line, i, 1) for i, line in enumerate(lines)]
     parts = list(iter_parts(chunks, compression=compression, part_size=8192))
     assert len(parts) > 2
     assert sum(p.padding_bytes for p in parts) > 0
     blob = b"".join(p.data for p in parts)
-    result = subprocess.run([compression, "-dc"], input=blob, capture_output=True, check=True)
+    result = subprocess.run([tool, "-dc"], input=blob, capture_output=True, check=True)
     assert result.stdout == b"".join(lines)
     alone = [
-        subprocess.run([compression, "-dc"], input=p.data, capture_output=True, check=True).stdout
+        subprocess.run([tool, "-dc"], input=p.data, capture_output=True, check=True).stdout
         for p in parts
     ]
     assert b"".join(alone) == result.stdout
@@ -279,6 +279,7 @@ def test_gzip_output_is_the_same_bytes_on_every_run(level: int) -> None:
 def test_gzip_output_is_the_same_bytes_in_a_fresh_process() -> None:
     script = (
         "import hashlib, sys\n"
+        "sys.path.insert(0, 'tests')  # the test helpers' folder, as pytest puts it on the path\n"
         "from tests.unit.test_compression import csv_lines, gzip_parts\n"
         f"for level in range({MIN_GZIP_LEVEL}, {MAX_GZIP_LEVEL + 1}):\n"
         "    parts = gzip_parts(level, csv_lines(20_000), 64 * 1024)\n"
@@ -296,14 +297,14 @@ def test_gzip_output_is_the_same_bytes_in_a_fresh_process() -> None:
 
 
 @pytest.mark.parametrize("level", GZIP_LEVELS)
-@pytest.mark.skipif(shutil.which("gzip") is None, reason="needs the gzip tool")
 def test_gzip_tool_and_python_read_every_level_whole_and_part_by_part(level: int) -> None:
+    gzip_tool = system_tool("gzip", package="gzip")
     lines = [*csv_lines(6000), random.Random(level).randbytes(30_000), *csv_lines(3000)]
     parts = gzip_parts(level, lines, 16 * 1024)
     assert len(parts) > 4
     expected = b"".join(lines)
     whole = b"".join(parts)
-    result = subprocess.run(["gzip", "-dc"], input=whole, capture_output=True, check=True)
+    result = subprocess.run([gzip_tool, "-dc"], input=whole, capture_output=True, check=True)
     assert result.stdout == expected
     assert gzip.decompress(whole) == expected
     alone = [gzip.decompress(part) for part in parts]

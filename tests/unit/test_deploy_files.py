@@ -12,7 +12,6 @@ import importlib.util
 import json
 import re
 import shlex
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -305,12 +304,12 @@ def test_systemd_units_run_the_procfile_commands() -> None:
             assert unit_env[key] == value, (process, key)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_finds_nothing_wrong_but_the_missing_install() -> None:
+    analyze = system_tool("systemd-analyze", package="systemd")
     units = [str(SYSTEMD / name) for name in SYSTEMD_UNITS.values() if "@" not in name]
     units.append(str(SYSTEMD / "data-export.target"))
     result = subprocess.run(
-        ["systemd-analyze", "verify", *units], capture_output=True, text=True, check=False
+        [analyze, "verify", *units], capture_output=True, text=True, check=False
     )
     problems = [
         line
@@ -321,14 +320,14 @@ def test_systemd_analyze_finds_nothing_wrong_but_the_missing_install() -> None:
     assert problems == []
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_units_score_as_well_hardened(tmp_path: Path) -> None:
+    analyze = system_tool("systemd-analyze", package="systemd")
     for unit_name in SYSTEMD_UNITS.values():
         # A template is scored as one of its instances, as systemd would load it.
         instance = unit_name.replace("@.service", "@9191.service")
         (tmp_path / instance).write_text((SYSTEMD / unit_name).read_text(encoding="utf-8"))
         result = subprocess.run(
-            ["systemd-analyze", "security", "--offline=yes", f"./{instance}"],
+            [analyze, "security", "--offline=yes", f"./{instance}"],
             cwd=tmp_path,
             capture_output=True,
             text=True,
