@@ -60,8 +60,19 @@ def export_document(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def status_document(row: Mapping[str, Any], logs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Return the export with its verification report and audit entries, for `/status`."""
+def status_document(
+    row: Mapping[str, Any],
+    logs: Iterable[Mapping[str, Any]],
+    *,
+    log_total: int,
+    log_limit: int,
+    log_offset: int,
+) -> dict[str, Any]:
+    """Return the export with its verification report and a window of audit entries, for `/status`.
+
+    `logs` is the window, oldest first; `logPage` says how many entries the export has in all and
+    which window this is (`offset` counted from the newest entry).
+    """
     document = export_document(row)
     document["verification"]["report"] = row["verification_report"]
     document["logs"] = [
@@ -74,6 +85,7 @@ def status_document(row: Mapping[str, Any], logs: Iterable[Mapping[str, Any]]) -
         }
         for entry in logs
     ]
+    document["logPage"] = {"total": log_total, "limit": log_limit, "offset": log_offset}
     return document
 
 

@@ -24,7 +24,14 @@ from api.openapi_responses import (
 from api.openapi_scheduling import scheduling_paths, scheduling_schemas
 from api.openapi_schemas import component_schemas
 from api.payloads import IDEMPOTENCY_HEADER
-from api.queries import DEFAULT_PAGE_SIZE, EXPORT_STATUSES, MAX_OFFSET, MAX_PAGE_SIZE
+from api.queries import (
+    DEFAULT_LOG_WINDOW,
+    DEFAULT_PAGE_SIZE,
+    EXPORT_STATUSES,
+    MAX_LOG_WINDOW,
+    MAX_OFFSET,
+    MAX_PAGE_SIZE,
+)
 from pipelines.options import FORMATS
 
 OPENAPI_VERSION = "3.1.0"
@@ -49,6 +56,32 @@ def _idempotency() -> Schema:
         "description": "Retrying with the same key and body returns the same export (200).",
         "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
     }
+
+
+def _log_window() -> list[Schema]:
+    return [
+        {
+            "name": "log_limit",
+            "in": "query",
+            "description": "The most entries `logs` lists, the newest after `log_offset`.",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_LOG_WINDOW,
+                "default": DEFAULT_LOG_WINDOW,
+            },
+        },
+        {
+            "name": "log_offset",
+            "in": "query",
+            "description": (
+                "How many entries to pass over, counted from the newest: with the default "
+                f"`log_limit`, {DEFAULT_LOG_WINDOW} lists the {DEFAULT_LOG_WINDOW} entries before "
+                f"the newest {DEFAULT_LOG_WINDOW}."
+            ),
+            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
+        },
+    ]
 
 
 def _create(summary: str, *, admin: bool) -> Schema:
@@ -149,10 +182,16 @@ def _paths() -> Schema:
         },
         "/api/exports/{exportId}/status": {
             "get": {
-                "summary": "An export's metadata, progress, verification and audit entries.",
-                "parameters": [_export_id()],
+                "summary": "An export's metadata, progress, verification and newest audit entries.",
+                "description": (
+                    "`logs` lists a window of the audit entries, oldest first: by default the "
+                    f"newest {DEFAULT_LOG_WINDOW}. `log_limit` and `log_offset` choose the window, "
+                    "counted from the newest entry; `logPage.total` counts every entry."
+                ),
+                "parameters": [_export_id(), *_log_window()],
                 "responses": {
                     "200": json_response("The export.", ref("ExportStatusEnvelope")),
+                    "400": problem_response("A bad query parameter, named in `errors`."),
                     "403": problem_response("The token lacks the exports:read scope."),
                     "404": not_found,
                     **COMMON_ERRORS,

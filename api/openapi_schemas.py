@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from api.openapi_responses import Schema, nullable, ref
 from api.problems import PROBLEM_BASE_URI
-from api.queries import EXPORT_STATUSES, MAX_PAGE_SIZE
+from api.queries import EXPORT_STATUSES, MAX_LOG_WINDOW, MAX_OFFSET, MAX_PAGE_SIZE
 from pipelines.options import COMPRESSIONS, FORMATS
 
 
@@ -164,10 +164,31 @@ def component_schemas() -> Schema:
                 export,
                 {
                     "type": "object",
-                    "properties": {"logs": {"type": "array", "items": log_entry}},
-                    "required": ["logs"],
+                    "properties": {
+                        "logs": {
+                            "type": "array",
+                            "items": log_entry,
+                            "maxItems": MAX_LOG_WINDOW,
+                            "description": "The window `logPage` describes, oldest first.",
+                        },
+                        "logPage": ref("LogPage"),
+                    },
+                    "required": ["logs", "logPage"],
                 },
             ]
+        },
+        "LogPage": {
+            "type": "object",
+            "description": (
+                "Which audit entries `logs` lists: at most `limit`, after passing over `offset` "
+                "entries counted from the newest; `total` counts every entry of the export."
+            ),
+            "properties": {
+                "total": number,
+                "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LOG_WINDOW},
+                "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+            },
+            "required": ["total", "limit", "offset"],
         },
         "ExportEnvelope": {
             "type": "object",

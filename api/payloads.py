@@ -112,6 +112,25 @@ def int_param(
     return value
 
 
+def window_params(
+    params: Mapping[str, str],
+    names: tuple[str, str],
+    *,
+    default_limit: int,
+    max_limit: int,
+    max_offset: int,
+    problems: dict[str, str],
+) -> tuple[int, int]:
+    """Return the (limit, offset) of a paged window from the query parameters `names`: a limit
+    of 1 to `max_limit` and an offset of 0 to `max_offset`, recording a problem for each bad one."""
+    limit_name, offset_name = names
+    limit = int_param(
+        params, limit_name, default=default_limit, low=1, high=max_limit, problems=problems
+    )
+    offset = int_param(params, offset_name, default=0, low=0, high=max_offset, problems=problems)
+    return limit, offset
+
+
 def choice_param(
     params: Mapping[str, str], name: str, choices: tuple[str, ...], problems: dict[str, str]
 ) -> str | None:

@@ -1,8 +1,9 @@
-"""Read queries of the API: an export with its audit trail, a page of exports, statistics.
+"""Read queries of the API: an export with a window of its audit trail, export pages, statistics.
 
 Every query takes the caller's connection and leaves the transaction to it. Lists are small pages
-(at most `MAX_PAGE_SIZE` rows) counted with the same filters; statistics come from the views
-`user_export_summary`, `export_summary` and `export_health_metrics` defined in `schema.sql`.
+(at most `MAX_PAGE_SIZE` exports or `MAX_LOG_WINDOW` audit entries) counted with the same filters;
+statistics come from the views `user_export_summary`, `export_summary` and
+`export_health_metrics` defined in `schema.sql`.
 """
 
 from __future__ import annotations
@@ -43,46 +44,76 @@ class ExportPage:
     total: int
 
 
-# The audit entries of the status document, gathered beside the export in the same statement:
-# one round trip and one snapshot instead of BEGIN, two reads and COMMIT.
+# Audit entries a status document carries unless the client asks for another window: the
+# newest, which tell where an export stands. A user export has tens of entries in all, but every
+# download and every shard of a bulk export adds some, and the document is polled.
+DEFAULT_LOG_WINDOW = 100
+# Largest window a client may ask for: an entry is 100-200 bytes of JSON, so the widest window
+# is a document of about 100 KB however long the trail grows.
+MAX_LOG_WINDOW = 500
+
+# The export row, a window of its audit entries and their total, read by one statement: one round
+# trip and one snapshot (the row, the window and the total agree) instead of BEGIN, three reads
+# and COMMIT. The window is taken newest first, `export_logs_export_idx` (export_id, id) read
+# backwards, and aggregated oldest first.
 _EXPORT_WITH_LOGS = """
-    SELECT e.*, l.log_created_at, l.log_event, l.log_level, l.log_message, l.log_actor_type
+    SELECT e.*, l.log_created_at, l.log_event, l.log_level, l.log_message, l.log_actor_type,
+           (SELECT count(*) FROM export_logs WHERE export_id = e.id) AS log_total
     FROM data_exports e
     CROSS JOIN LATERAL (
-        SELECT array_agg(created_at ORDER BY id) AS log_created_at,
-               array_agg(event ORDER BY id) AS log_event,
-               array_agg(level ORDER BY id) AS log_level,
-               array_agg(message ORDER BY id) AS log_message,
-               array_agg(actor_type ORDER BY id) AS log_actor_type
-        FROM export_logs WHERE export_id = e.id
+        SELECT array_agg(w.created_at ORDER BY w.id) AS log_created_at,
+               array_agg(w.event ORDER BY w.id) AS log_event,
+               array_agg(w.level ORDER BY w.id) AS log_level,
+               array_agg(w.message ORDER BY w.id) AS log_message,
+               array_agg(w.actor_type ORDER BY w.id) AS log_actor_type
+        FROM (
+            SELECT id, created_at, event, level, message, actor_type
+            FROM export_logs WHERE export_id = e.id
+            ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s
+        ) w
     ) l
-    WHERE e.id = %s
+    WHERE e.id = %(export_id)s
 """
 _LOG_FIELDS = ("created_at", "event", "level", "message", "actor_type")
 
 
 @dataclass(frozen=True)
+class LogWindow:
+    """Which audit entries a status document lists: `limit` entries, `offset` from the newest."""
+
+    limit: int = DEFAULT_LOG_WINDOW
+    offset: int = 0
+
+
+@dataclass(frozen=True)
 class ExportWithLogs:
-    """One export row and its audit entries, oldest first (as `pipelines.jobs.export_logs`)."""
+    """One export row, a window of its audit entries oldest first, and how many it has in all."""
 
     row: dict[str, Any]
     logs: list[dict[str, Any]]
+    log_total: int
 
 
-def export_with_logs(conn: psycopg.Connection[Any], export_id: uuid.UUID) -> ExportWithLogs | None:
-    """Return the export and its audit entries read by one statement, or None if there is none.
+def export_with_logs(
+    conn: psycopg.Connection[Any], export_id: uuid.UUID, window: LogWindow
+) -> ExportWithLogs | None:
+    """Return the export, its window of audit entries and their total, or None if there is none.
 
-    The entries travel whole in the one row: tens for a user export, two or three per shard for a
-    bulk export (the status document lists them all, as it did when they were read apart).
+    The window's entries travel in the one row, at most `MAX_LOG_WINDOW` of them; the total
+    counts every entry of the export, so a client can tell what lies outside the window.
     """
+    if not 1 <= window.limit <= MAX_LOG_WINDOW or not 0 <= window.offset <= MAX_OFFSET:
+        raise ValueError(f"log limit must be 1 to {MAX_LOG_WINDOW} and offset 0 to {MAX_OFFSET}")
+    params = {"export_id": export_id, "limit": window.limit, "offset": window.offset}
     with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(_EXPORT_WITH_LOGS, (export_id,))
+        cursor.execute(_EXPORT_WITH_LOGS, params)
         row = cursor.fetchone()
     if row is None:
         return None
+    log_total = int(row.pop("log_total"))
     columns = [row.pop(f"log_{field}") or [] for field in _LOG_FIELDS]
     logs = [dict(zip(_LOG_FIELDS, values, strict=True)) for values in zip(*columns, strict=True)]
-    return ExportWithLogs(row=row, logs=logs)
+    return ExportWithLogs(row=row, logs=logs, log_total=log_total)
 
 
 def _where(flt: ExportFilter) -> tuple[sql.Composable, list[Any]]:

@@ -14,7 +14,7 @@ from api.auth import Principal
 from api.payloads import export_id_param
 from api.permissions import can_view
 from api.problems import ProblemError
-from api.queries import ExportWithLogs, export_with_logs
+from api.queries import ExportWithLogs, LogWindow, export_with_logs
 from api.submission import Origin
 from pipelines.jobs import get_export
 
@@ -54,10 +54,10 @@ def visible_export(
 
 
 def visible_export_with_logs(
-    conn: psycopg.Connection[Any], principal: Principal, raw_id: str
+    conn: psycopg.Connection[Any], principal: Principal, raw_id: str, window: LogWindow
 ) -> ExportWithLogs:
-    """Return the export and its audit entries as `visible_export` decides, in one statement."""
-    found = export_with_logs(conn, export_id_param(raw_id))
+    """Return the export and a window of its audit entries as `visible_export` decides."""
+    found = export_with_logs(conn, export_id_param(raw_id), window)
     if found is None or not can_view(principal, found.row):
         raise ProblemError("not-found", NOT_FOUND_DETAIL)
     return found

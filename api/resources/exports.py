@@ -18,18 +18,21 @@ from api.payloads import (
     check_params,
     choice_param,
     idempotency_key,
-    int_param,
     read_export_request,
     read_json_object,
+    window_params,
 )
 from api.permissions import Action, actor_type, require
 from api.problems import ProblemError, invalid_request
 from api.queries import (
+    DEFAULT_LOG_WINDOW,
     DEFAULT_PAGE_SIZE,
     EXPORT_STATUSES,
+    MAX_LOG_WINDOW,
     MAX_OFFSET,
     MAX_PAGE_SIZE,
     ExportFilter,
+    LogWindow,
 )
 from api.queries import list_exports as query_exports
 from api.ratelimit import apply_rate_limit_headers
@@ -48,6 +51,7 @@ from pipelines.settings import Settings
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 LIST_PARAMETERS = frozenset({"status", "format", "limit", "offset"})
+STATUS_PARAMETERS = frozenset({"log_limit", "log_offset"})
 
 
 class ExportRequestResource:
@@ -106,21 +110,20 @@ class ExportListResource:
         require(principal, Action.READ)
         params = check_params(req, LIST_PARAMETERS)
         problems: dict[str, str] = {}
+        limit, offset = window_params(
+            params,
+            ("limit", "offset"),
+            default_limit=DEFAULT_PAGE_SIZE,
+            max_limit=MAX_PAGE_SIZE,
+            max_offset=MAX_OFFSET,
+            problems=problems,
+        )
         flt = ExportFilter(
             user_id=principal.user_id,
             status=choice_param(params, "status", EXPORT_STATUSES, problems),
             export_format=choice_param(params, "format", FORMATS, problems),
-            limit=int_param(
-                params,
-                "limit",
-                default=DEFAULT_PAGE_SIZE,
-                low=1,
-                high=MAX_PAGE_SIZE,
-                problems=problems,
-            ),
-            offset=int_param(
-                params, "offset", default=0, low=0, high=MAX_OFFSET, problems=problems
-            ),
+            limit=limit,
+            offset=offset,
         )
         if problems:
             raise invalid_request(problems)
@@ -131,19 +134,39 @@ class ExportListResource:
 
 
 class ExportStatusResource:
-    """GET one export's metadata, progress, verification outcome and audit entries."""
+    """GET one export's metadata, progress, verification outcome and newest audit entries."""
 
     def __init__(self, database: Database) -> None:
         self._database = database
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, export_id: str) -> None:
-        """Answer the export's status document, or 404."""
+        """Answer the export's status document with a window of its audit entries, or 404."""
         principal = principal_of(req)
         require(principal, Action.READ)
-        # One statement in autocommit: one round trip, and the row and its entries agree.
+        params = check_params(req, STATUS_PARAMETERS)
+        problems: dict[str, str] = {}
+        limit, offset = window_params(
+            params,
+            ("log_limit", "log_offset"),
+            default_limit=DEFAULT_LOG_WINDOW,
+            max_limit=MAX_LOG_WINDOW,
+            max_offset=MAX_OFFSET,
+            problems=problems,
+        )
+        window = LogWindow(limit=limit, offset=offset)
+        if problems:
+            raise invalid_request(problems)
+        # One statement in autocommit: one round trip, and the row, entries and total agree.
         with self._database.autocommit() as conn:
-            found = visible_export_with_logs(conn, principal, export_id)
-        send_json(resp, {"export": status_document(found.row, found.logs)})
+            found = visible_export_with_logs(conn, principal, export_id, window)
+        document = status_document(
+            found.row,
+            found.logs,
+            log_total=found.log_total,
+            log_limit=window.limit,
+            log_offset=window.offset,
+        )
+        send_json(resp, {"export": document})
 
 
 class ExportVerifyResource:

@@ -16,9 +16,9 @@ import psycopg
 
 from api.auth import Principal
 from api.database import Database
-from api.payloads import check_params, int_param
+from api.payloads import check_params, window_params
 from api.problems import ProblemError, invalid_request
-from api.queries import user_exists
+from api.queries import MAX_OFFSET, user_exists
 from api.schedule_policy import authorize_scheduled_export, check_rate_limit
 from api.submission import Limiter
 from pipelines.options import InvalidOptionsError, parse_options
@@ -100,9 +100,14 @@ def page_params(req: falcon.Request) -> tuple[int, int]:
     """Return (limit, offset) from the query string, or raise 400."""
     params = check_params(req, frozenset({"limit", "offset"}))
     problems: dict[str, str] = {}
-    limit = int_param(params, "limit", default=PAGE_SIZE, low=1, high=MAX_PAGE_SIZE,
-                      problems=problems)  # fmt: skip
-    offset = int_param(params, "offset", default=0, low=0, high=100_000, problems=problems)
+    limit, offset = window_params(
+        params,
+        ("limit", "offset"),
+        default_limit=PAGE_SIZE,
+        max_limit=MAX_PAGE_SIZE,
+        max_offset=MAX_OFFSET,
+        problems=problems,
+    )
     if problems:
         raise invalid_request(problems)
     return limit, offset

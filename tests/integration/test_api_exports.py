@@ -3,7 +3,8 @@
 Covers creation (202, Location, rate-limit headers, audit entry, message), idempotent retries and
 reused keys, the rate limit counting only accepted exports, a broker that is down (row failed
 with a reason, slot given back), permissions from `export_permissions`, listing with filters,
-status with logs, another user's export answering 404, verification, cleanup and statistics.
+status with a window of its audit entries (`log_limit`, `log_offset`), another user's export
+answering 404, verification, cleanup and statistics.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from api_support import add_user, auth, build_client, complete, make_settings
 
 from api.database import ThreadLocalDatabase
 from api.dispatch import RecordingDispatcher, broker_down
+from api.openapi import build_spec
+from api.queries import DEFAULT_LOG_WINDOW, MAX_LOG_WINDOW, MAX_OFFSET
 from api.ratelimit import RateLimiter, create_redis
 from api.submission import ENQUEUE_FAILED_CODE
 from pipelines.database import connect
@@ -99,7 +102,7 @@ def test_user_export_is_accepted_queued_enqueued_and_audited(api: Api) -> None:
     assert [entry["event"] for entry in status.json["export"]["logs"]] == ["export.requested"]
 
 
-def test_status_lists_every_audit_entry_oldest_first_as_the_trail_holds_them(api: Api) -> None:
+def test_status_lists_a_short_trail_whole_oldest_first_as_the_trail_holds_them(api: Api) -> None:
     user = add_user(api.database_url)
     export_id = create(api, user).json["export"]["id"]
     with connect(api.database_url) as conn:
@@ -131,6 +134,11 @@ def test_status_lists_every_audit_entry_oldest_first_as_the_trail_holds_them(api
     assert [entry["event"] for entry in status.json["export"]["logs"]] == [
         "export.requested", "export.started", "export.part_retried", "export.failed",
     ]  # fmt: skip
+    assert status.json["export"]["logPage"] == {
+        "total": 4,
+        "limit": DEFAULT_LOG_WINDOW,
+        "offset": 0,
+    }
 
 
 def test_status_of_an_export_without_audit_entries_lists_none(api: Api) -> None:
@@ -147,6 +155,130 @@ def test_status_of_an_export_without_audit_entries_lists_none(api: Api) -> None:
     assert status.status_code == 200
     assert status.json["export"]["id"] == export_id
     assert status.json["export"]["logs"] == []
+    assert status.json["export"]["logPage"] == {
+        "total": 0,
+        "limit": DEFAULT_LOG_WINDOW,
+        "offset": 0,
+    }
+
+
+def add_downloads(database_url: str, export_id: str, user: uuid.UUID, count: int) -> list[str]:
+    """Append `count` numbered downloads by `user`; return every message of the trail, in order."""
+    with connect(database_url) as conn:
+        conn.execute(
+            """
+            INSERT INTO export_logs (event, message, export_id, actor_type, actor_id)
+            SELECT 'export.downloaded', 'download ' || n, %s, 'user', %s
+            FROM generate_series(1, %s) AS n
+            """,
+            (export_id, user, count),
+        )
+        conn.commit()
+        return [entry["message"] for entry in export_logs(conn, export_id)]
+
+
+def status_of(api: Api, user: uuid.UUID, export_id: str, **params: str) -> Any:
+    return api.client.simulate_get(
+        f"/api/exports/{export_id}/status", params=params, headers=auth(user)
+    )
+
+
+def test_status_lists_the_newest_entries_oldest_first_and_counts_them_all(api: Api) -> None:
+    user = add_user(api.database_url)
+    export_id = create(api, user).json["export"]["id"]
+    trail = add_downloads(api.database_url, export_id, user, DEFAULT_LOG_WINDOW + 50)
+
+    status = status_of(api, user, export_id)
+
+    assert status.status_code == 200
+    export = status.json["export"]
+    assert len(trail) == DEFAULT_LOG_WINDOW + 51  # the request's own entry and the downloads
+    assert [entry["message"] for entry in export["logs"]] == trail[-DEFAULT_LOG_WINDOW:]
+    assert export["logPage"] == {"total": len(trail), "limit": DEFAULT_LOG_WINDOW, "offset": 0}
+
+
+def test_status_document_with_a_log_window_matches_its_openapi_schema(api: Api) -> None:
+    import jsonschema_rs  # schemathesis's validator
+
+    user = add_user(api.database_url)
+    export_id = create(api, user).json["export"]["id"]
+    add_downloads(api.database_url, export_id, user, 3)
+    spec = build_spec()
+    envelope = {
+        "$ref": "#/components/schemas/ExportStatusEnvelope",
+        "components": spec["components"],
+    }
+
+    status = status_of(api, user, export_id, log_limit="2", log_offset="1")
+
+    assert status.status_code == 200
+    jsonschema_rs.validator_for(envelope).validate(status.json)
+
+
+@pytest.mark.parametrize(
+    ("limit", "offset", "window"),
+    [
+        pytest.param("10", "0", slice(-10, None), id="newest-ten"),
+        pytest.param("10", "100", slice(-110, -100), id="ten-before-the-newest-hundred"),
+        pytest.param("10", "145", slice(0, 6), id="window-past-the-oldest-is-cut-short"),
+        pytest.param("10", "151", slice(0, 0), id="offset-past-every-entry-lists-none"),
+        pytest.param(str(MAX_LOG_WINDOW), "0", slice(None), id="widest-window-lists-all"),
+    ],
+)
+def test_log_limit_and_offset_select_entries_counted_from_the_newest(
+    api: Api, limit: str, offset: str, window: slice
+) -> None:
+    user = add_user(api.database_url)
+    export_id = create(api, user).json["export"]["id"]
+    trail = add_downloads(api.database_url, export_id, user, 150)
+
+    status = status_of(api, user, export_id, log_limit=limit, log_offset=offset)
+
+    assert status.status_code == 200
+    export = status.json["export"]
+    assert [entry["message"] for entry in export["logs"]] == trail[window]
+    assert export["logPage"] == {"total": 151, "limit": int(limit), "offset": int(offset)}
+
+
+@pytest.mark.parametrize(
+    ("params", "fields"),
+    [
+        pytest.param({"log_limit": "0"}, {"log_limit"}, id="limit-zero"),
+        pytest.param({"log_limit": str(MAX_LOG_WINDOW + 1)}, {"log_limit"}, id="limit-too-wide"),
+        pytest.param({"log_limit": "abc"}, {"log_limit"}, id="limit-not-an-integer"),
+        pytest.param({"log_offset": "-1"}, {"log_offset"}, id="offset-negative"),
+        pytest.param({"log_offset": str(MAX_OFFSET + 1)}, {"log_offset"}, id="offset-too-deep"),
+        pytest.param({"log_offset": "abc"}, {"log_offset"}, id="offset-not-an-integer"),
+        pytest.param(
+            {"log_limit": "0", "log_offset": "-1"}, {"log_limit", "log_offset"}, id="both"
+        ),
+        pytest.param({"limit": "10"}, {"limit"}, id="unknown-parameter"),
+    ],
+)
+def test_bad_log_window_parameters_answer_400_naming_each_field(
+    api: Api, params: dict[str, str], fields: set[str]
+) -> None:
+    user = add_user(api.database_url)
+    export_id = create(api, user).json["export"]["id"]
+
+    status = status_of(api, user, export_id, **params)
+
+    assert status.status_code == 400
+    assert status.headers["content-type"] == "application/problem+json"
+    assert status.json["type"].endswith("/invalid-request")
+    assert {error["field"] for error in status.json["errors"]} == fields
+
+
+def test_log_window_parameters_do_not_reveal_another_users_export(api: Api) -> None:
+    owner, other = add_user(api.database_url), add_user(api.database_url)
+    export_id = create(api, owner).json["export"]["id"]
+    window = {"log_limit": "5", "log_offset": "1"}
+
+    theirs = status_of(api, other, export_id, **window)
+    missing = status_of(api, other, str(uuid.uuid4()), **window)
+
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json["detail"] == missing.json["detail"]
 
 
 def test_accepted_export_is_logged_in_one_json_access_line_with_request_and_export_ids(

@@ -192,6 +192,15 @@ def test_bad_list_parameters_are_named() -> None:
     assert {error["field"] for error in result.json["errors"]} == {"status", "limit", "offset"}
 
 
+@pytest.mark.parametrize("path", ["/api/exports/schedules", "/api/exports/schedule"])
+def test_bad_schedule_page_parameters_are_named(path: str) -> None:
+    result = build_client().simulate_get(
+        path, params={"limit": "0", "offset": "100001"}, headers=auth(USER)
+    )
+    assert result.status_code == 400
+    assert {error["field"] for error in result.json["errors"]} == {"limit", "offset"}
+
+
 def test_database_down_answers_503_with_retry_after() -> None:
     result = build_client().simulate_get("/api/exports", headers=auth(USER))
     assert result.status_code == 503
