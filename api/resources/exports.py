@@ -153,9 +153,9 @@ class ExportStatusResource:
             max_offset=MAX_OFFSET,
             problems=problems,
         )
-        window = LogWindow(limit=limit, offset=offset)
         if problems:
             raise invalid_request(problems)
+        window = LogWindow(limit=limit, offset=offset)
         # One statement in autocommit: one round trip, and the row, entries and total agree.
         with self._database.autocommit() as conn:
             found = visible_export_with_logs(conn, principal, export_id, window)
