@@ -20,6 +20,11 @@ from pipelines.options import FORMATS, ExportOptions, InvalidOptionsError, parse
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Visible ASCII, at most 255 characters: room for a UUID or a client's own scheme, stored as text.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# An integer query parameter as written in a URL: ASCII digits with an optional minus. Python's
+# int() would also take " 5", "+5" and "1_000", which no client means to send.
+_INTEGER = re.compile(r"-?[0-9]+")
+# Characters of the longest integer converted: past every bound a query parameter has.
+_MAX_INTEGER_CHARS = 19
 REQUEST_FIELDS = frozenset({"format", "options"})
 # Tells "no body at all" from a body that is JSON `null`.
 _NO_BODY = object()
@@ -94,20 +99,21 @@ def int_param(
     *,
     default: int,
     low: int,
-    high: int | None,
+    high: int,
     problems: dict[str, str],
 ) -> int:
     """Return an integer query parameter within bounds, recording a problem if it is not."""
     raw = params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
+    if not _INTEGER.fullmatch(raw):
         problems[name] = "must be an integer"
         return default
-    if value < low or (high is not None and value > high):
-        problems[name] = f"must be from {low} to {high}" if high else f"must be at least {low}"
+    # A number longer than any bound is out of range without converting it (int() refuses more
+    # than 4,300 digits).
+    value = int(raw) if len(raw) <= _MAX_INTEGER_CHARS else None
+    if value is None or not low <= value <= high:
+        problems[name] = f"must be from {low} to {high}"
         return default
     return value
 

@@ -201,6 +201,24 @@ def test_bad_schedule_page_parameters_are_named(path: str) -> None:
     assert {error["field"] for error in result.json["errors"]} == {"limit", "offset"}
 
 
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        pytest.param(" 5", "must be an integer", id="leading-space"),
+        pytest.param("+5", "must be an integer", id="plus-sign"),
+        pytest.param("1_0", "must be an integer", id="underscore"),
+        pytest.param("\u0665", "must be an integer", id="arabic-indic-digit-five"),
+        pytest.param("9" * 5000, "must be from 1 to 100", id="five-thousand-digits"),
+    ],
+)
+def test_list_limit_takes_plain_ascii_digits_only(raw: str, detail: str) -> None:
+    result = build_client().simulate_get("/api/exports", params={"limit": raw}, headers=auth(USER))
+    assert result.status_code == 400
+    assert [(error["field"], error["detail"]) for error in result.json["errors"]] == [
+        ("limit", detail)
+    ]
+
+
 def test_database_down_answers_503_with_retry_after() -> None:
     result = build_client().simulate_get("/api/exports", headers=auth(USER))
     assert result.status_code == 503
