@@ -137,6 +137,31 @@ def window_params(
     return limit, offset
 
 
+def window_query(
+    req: falcon.Request,
+    names: tuple[str, str],
+    *,
+    default_limit: int,
+    max_limit: int,
+    max_offset: int,
+) -> tuple[int, int]:
+    """Return the (limit, offset) of a request whose query string is only a window's two
+    parameters, `names`; raise 400 naming each unknown or bad one."""
+    params = check_params(req, frozenset(names))
+    problems: dict[str, str] = {}
+    window = window_params(
+        params,
+        names,
+        default_limit=default_limit,
+        max_limit=max_limit,
+        max_offset=max_offset,
+        problems=problems,
+    )
+    if problems:
+        raise invalid_request(problems)
+    return window
+
+
 def choice_param(
     params: Mapping[str, str], name: str, choices: tuple[str, ...], problems: dict[str, str]
 ) -> str | None:

@@ -21,6 +21,7 @@ from api.payloads import (
     read_export_request,
     read_json_object,
     window_params,
+    window_query,
 )
 from api.permissions import Action, actor_type, require
 from api.problems import ProblemError, invalid_request
@@ -51,7 +52,6 @@ from pipelines.settings import Settings
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 LIST_PARAMETERS = frozenset({"status", "format", "limit", "offset"})
-STATUS_PARAMETERS = frozenset({"log_limit", "log_offset"})
 
 
 class ExportRequestResource:
@@ -143,18 +143,13 @@ class ExportStatusResource:
         """Answer the export's status document with a window of its audit entries, or 404."""
         principal = principal_of(req)
         require(principal, Action.READ)
-        params = check_params(req, STATUS_PARAMETERS)
-        problems: dict[str, str] = {}
-        limit, offset = window_params(
-            params,
+        limit, offset = window_query(
+            req,
             ("log_limit", "log_offset"),
             default_limit=DEFAULT_LOG_WINDOW,
             max_limit=MAX_LOG_WINDOW,
             max_offset=MAX_OFFSET,
-            problems=problems,
         )
-        if problems:
-            raise invalid_request(problems)
         window = LogWindow(limit=limit, offset=offset)
         # One statement in autocommit: one round trip, and the row, entries and total agree.
         with self._database.autocommit() as conn:

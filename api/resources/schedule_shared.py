@@ -16,8 +16,8 @@ import psycopg
 
 from api.auth import Principal
 from api.database import Database
-from api.payloads import check_params, window_params
-from api.problems import ProblemError, invalid_request
+from api.payloads import window_query
+from api.problems import ProblemError
 from api.queries import MAX_OFFSET, user_exists
 from api.schedule_policy import authorize_scheduled_export, check_rate_limit
 from api.submission import Limiter
@@ -98,16 +98,10 @@ def stored_options(body_options: Any, compression: str) -> dict[str, Any]:
 
 def page_params(req: falcon.Request) -> tuple[int, int]:
     """Return (limit, offset) from the query string, or raise 400."""
-    params = check_params(req, frozenset({"limit", "offset"}))
-    problems: dict[str, str] = {}
-    limit, offset = window_params(
-        params,
+    return window_query(
+        req,
         ("limit", "offset"),
         default_limit=PAGE_SIZE,
         max_limit=MAX_PAGE_SIZE,
         max_offset=MAX_OFFSET,
-        problems=problems,
     )
-    if problems:
-        raise invalid_request(problems)
-    return limit, offset
