@@ -39,6 +39,7 @@ import jwt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.floor_app import FLOOR_PATH  # noqa: E402
 from bench.paced_load import PacedRequest, percentile, run_paced  # noqa: E402
 from bench.trivial_app import PING_PATH  # noqa: E402
 from exportctl.devstack import LocalStack, StackEndpoints  # noqa: E402
@@ -75,6 +76,7 @@ SPREAD_SAMPLE_SECONDS = 1.0
 ENQUEUE_TARGET_RATIO = 0.40
 STATUS_P99_TARGET_MS = 20.0
 POST_BODY = '{"format":"json"}'
+FLOOR_NAME = "POST floor: export row, audit entry, broker message only"
 
 # Per wrk thread: load "path<TAB>token" lines, pre-format the requests, rotate through them from
 # an offset of their own; print the summary as one JSON line when done.
@@ -181,8 +183,18 @@ def sign_tokens(user_ids: Sequence[str], secret: str) -> dict[str, str]:
     }
 
 
-def server_env(endpoints: StackEndpoints, port: int) -> dict[str, str]:
-    """Return gunicorn's environment: this process's, the stack's, the bench's settings."""
+def server_env(
+    endpoints: StackEndpoints, port: int, *, workers: int | None = None, threads: int | None = None
+) -> dict[str, str]:
+    """Return gunicorn's environment: this process's, the stack's, the bench's settings.
+
+    `workers` and `threads` override `deploy/gunicorn.conf.py`'s defaults, for both apps alike.
+    """
+    sizing = {
+        name: str(value)
+        for name, value in (("API_WORKERS", workers), ("API_THREADS", threads))
+        if value is not None
+    }
     inherited = {
         key: value
         for key, value in os.environ.items()  # noqa: TID251 - the bench is an entry point
@@ -196,6 +208,7 @@ def server_env(endpoints: StackEndpoints, port: int) -> dict[str, str]:
         "EXPORT_ADMIN_RATE_LIMIT": str(GENEROUS_RATE_LIMIT),
         "API_BIND": f"127.0.0.1:{port}",
         "LOG_FORMAT": "json",
+        **sizing,
     }
 
 
@@ -520,7 +533,13 @@ def status_targets(database_url: str, tokens: dict[str, str]) -> list[tuple[str,
 
 
 def benchmark(
-    root: Path, *, seconds: int, connections: int, niceness: int | None
+    root: Path,
+    *,
+    seconds: int,
+    connections: int,
+    niceness: int | None,
+    workers: int | None = None,
+    threads: int | None = None,
 ) -> list[Measurement]:
     """Run every measurement against a stack under `root`; return the rows of the table."""
     stack = LocalStack(root / "stack")
@@ -531,7 +550,7 @@ def benchmark(
             name: pid for name, pid in stack.managed_pids().items() if name in {"postgres", "redis"}
         }
         port = free_port()
-        env = server_env(endpoints, port)
+        env = server_env(endpoints, port, workers=workers, threads=threads)
         log = root / "gunicorn.log"
         rows: list[Measurement] = []
 
@@ -590,6 +609,11 @@ def benchmark(
             # Again at the end: the machine is shared, and the drift between the two trivial
             # runs says how far the ratios can be trusted.
             peak("GET trivial endpoint, again after the API runs", server, trivial, "GET")
+        with start("bench.floor_app:from_env()", PING_PATH) as server:
+            floors = write_requests(
+                root / "floor.txt", [(FLOOR_PATH.format(user_id=user), "") for user in tokens]
+            )
+            peak(FLOOR_NAME, server, floors, "POST", POST_BODY)
         return rows
     finally:
         stack.down()
@@ -622,12 +646,15 @@ def served_cpu_ms(row: Measurement) -> float:
     return row.gunicorn_cpu_ms + row.postgres_cpu_ms + row.redis_cpu_ms
 
 
-def report(rows: Sequence[Measurement], *, loads: tuple[str, str], niceness: int | None) -> str:
+def report(
+    rows: Sequence[Measurement], *, loads: tuple[str, str], niceness: int | None, sizing: str
+) -> str:
     """Return the results table and the verdict on each target, as Markdown."""
     priority = "default priority" if niceness is None else f"measured processes at nice {niceness}"
     lines = [
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Machine: {machine()}.",
         f"Load average (1 min) before / after: {loads[0]} / {loads[1]}; {priority}.",
+        f"gunicorn, both apps: {sizing}.",
         "",
         "| endpoint | load | requests | req/s | p50 ms | p99 ms | errors | conns/worker | "
         "CPU ms/req: gunicorn | PostgreSQL | Redis | rest | machine busy % |",
@@ -640,7 +667,7 @@ def report(rows: Sequence[Measurement], *, loads: tuple[str, str], niceness: int
             f"{r.gunicorn_cpu_ms:.2f} | {r.postgres_cpu_ms:.2f} | {r.redis_cpu_ms:.2f} | "
             f"{r.rest_cpu_ms:.2f} | {r.machine_busy_percent:.0f} |"
         )
-    trivial, enqueue, half, again = rows[0], rows[1], rows[3], rows[5]
+    trivial, enqueue, half, again, floor = rows[0], rows[1], rows[3], rows[5], rows[6]
     trivial_rate = (trivial.requests_per_second + again.requests_per_second) / 2
     ratio = enqueue.requests_per_second / trivial_rate
     met = "met" if ratio >= ENQUEUE_TARGET_RATIO else "not met"
@@ -653,6 +680,11 @@ def report(rows: Sequence[Measurement], *, loads: tuple[str, str], niceness: int
         f"- Enqueue CPU per request {enqueue_cpu:.2f} ms (gunicorn + PostgreSQL + Redis) against "
         f"{trivial_cpu:.2f} ms for the trivial endpoint: {trivial_cpu / enqueue_cpu:.0%} of its "
         "requests per CPU-second, whichever worker the connections landed on.",
+        f"- The floor (an export row with its audit entry and a broker message, nothing else) at "
+        f"{floor.requests_per_second / trivial_rate:.0%} of the trivial endpoint's requests/s, "
+        f"{served_cpu_ms(floor):.2f} ms of CPU per request (PostgreSQL "
+        f"{floor.postgres_cpu_ms:.2f}, Redis {floor.redis_cpu_ms:.2f}); the enqueue endpoint at "
+        f"{enqueue.requests_per_second / floor.requests_per_second:.0%} of the floor.",
         f"- Status p99 at half its peak: {half.p99_ms:.2f} ms (target < "
         f"{STATUS_P99_TARGET_MS:.0f} ms): "
         f"{'met' if half.p99_ms < STATUS_P99_TARGET_MS else 'not met'}.",
@@ -673,6 +705,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="raise the measured processes to this niceness (e.g. -10; needs root), so other "
         "work on a shared machine runs after them",
     )
+    parser.add_argument(
+        "--workers", type=int, help="gunicorn workers for both apps (API_WORKERS; default 2)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="threads per worker for both apps (API_THREADS; default 4)"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -680,14 +718,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = load_average()
     try:
         rows = benchmark(
-            root, seconds=args.seconds, connections=args.connections, niceness=args.niceness
+            root,
+            seconds=args.seconds,
+            connections=args.connections,
+            niceness=args.niceness,
+            workers=args.workers,
+            threads=args.threads,
         )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"kept {root}", flush=True)
-    print(report(rows, loads=(load_before, load_average()), niceness=args.niceness))
+    sizing = (
+        f"{args.workers or 'default'} workers x {args.threads or 'default'} threads"
+        if args.workers or args.threads
+        else "deploy/gunicorn.conf.py defaults"
+    )
+    loads = (load_before, load_average())
+    print(report(rows, loads=loads, niceness=args.niceness, sizing=sizing))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(row) for row in rows], indent=2))
     return 0
