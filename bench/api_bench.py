@@ -39,7 +39,7 @@ import jwt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.floor_app import FLOOR_PATH  # noqa: E402
+from bench.floor_app import BATCHED_FLOOR_PATH, FLOOR_PATH  # noqa: E402
 from bench.paced_load import PacedRequest, percentile, run_paced  # noqa: E402
 from bench.trivial_app import PING_PATH  # noqa: E402
 from exportctl.devstack import LocalStack, StackEndpoints  # noqa: E402
@@ -77,6 +77,7 @@ ENQUEUE_TARGET_RATIO = 0.40
 STATUS_P99_TARGET_MS = 20.0
 POST_BODY = '{"format":"json"}'
 FLOOR_NAME = "POST floor: export row, audit entry, broker message only"
+BATCHED_FLOOR_NAME = "POST floor, a worker's concurrent requests written together"
 
 # Per wrk thread: load "path<TAB>token" lines, pre-format the requests, rotate through them from
 # an offset of their own; print the summary as one JSON line when done.
@@ -509,7 +510,12 @@ def run_paced_at(
         )
     count = len(result.latencies_ms)
     late = percentile(result.late_ms, 99)
-    print(f"{name}: generator p99 lateness {late:.2f} ms", flush=True)
+    own = percentile(result.own_delay_ms, 99)
+    print(
+        f"{name}: requests left p99 {late:.2f} ms after their due time, "
+        f"{own:.2f} ms of it the generator's own delay",
+        flush=True,
+    )
     return _measurement(
         name,
         f"paced {rate:.0f}/s, {PACED_CONNECTIONS} connections",
@@ -614,6 +620,11 @@ def benchmark(
                 root / "floor.txt", [(FLOOR_PATH.format(user_id=user), "") for user in tokens]
             )
             peak(FLOOR_NAME, server, floors, "POST", POST_BODY)
+            batched = write_requests(
+                root / "floor-batched.txt",
+                [(BATCHED_FLOOR_PATH.format(user_id=user), "") for user in tokens],
+            )
+            peak(BATCHED_FLOOR_NAME, server, batched, "POST", POST_BODY)
         return rows
     finally:
         stack.down()
@@ -667,7 +678,8 @@ def report(
             f"{r.gunicorn_cpu_ms:.2f} | {r.postgres_cpu_ms:.2f} | {r.redis_cpu_ms:.2f} | "
             f"{r.rest_cpu_ms:.2f} | {r.machine_busy_percent:.0f} |"
         )
-    trivial, enqueue, half, again, floor = rows[0], rows[1], rows[3], rows[5], rows[6]
+    trivial, enqueue, half, again = rows[0], rows[1], rows[3], rows[5]
+    floor, batched = rows[6], rows[7]
     trivial_rate = (trivial.requests_per_second + again.requests_per_second) / 2
     ratio = enqueue.requests_per_second / trivial_rate
     met = "met" if ratio >= ENQUEUE_TARGET_RATIO else "not met"
@@ -685,6 +697,10 @@ def report(
         f"{served_cpu_ms(floor):.2f} ms of CPU per request (PostgreSQL "
         f"{floor.postgres_cpu_ms:.2f}, Redis {floor.redis_cpu_ms:.2f}); the enqueue endpoint at "
         f"{enqueue.requests_per_second / floor.requests_per_second:.0%} of the floor.",
+        f"- The floor with a worker's concurrent requests written by one statement and one Redis "
+        f"pipeline: {batched.requests_per_second / trivial_rate:.0%} of the trivial endpoint's "
+        f"requests/s, {served_cpu_ms(batched):.2f} ms of CPU per request (PostgreSQL "
+        f"{batched.postgres_cpu_ms:.2f}, Redis {batched.redis_cpu_ms:.2f}).",
         f"- Status p99 at half its peak: {half.p99_ms:.2f} ms (target < "
         f"{STATUS_P99_TARGET_MS:.0f} ms): "
         f"{'met' if half.p99_ms < STATUS_P99_TARGET_MS else 'not met'}.",

@@ -164,8 +164,12 @@ class PacedResult:
     errors: int = 0
     # Milliseconds from each request's due time to its complete answer, in completion order.
     latencies_ms: list[float] = field(default_factory=list)
-    # Milliseconds a request left after its due time (the generator's own lateness).
+    # Milliseconds a request left after its due time: waiting for the answer to the previous
+    # request on its connection (the server's doing) plus the generator's own delay.
     late_ms: list[float] = field(default_factory=list)
+    # Milliseconds a request left after it could have: after its due time or, if later, the
+    # previous answer on its connection. Only the generator's own delay (scheduling, CPU).
+    own_delay_ms: list[float] = field(default_factory=list)
 
     @property
     def achieved_rate(self) -> float:
@@ -217,8 +221,10 @@ def run_paced(
     def worker(first: int) -> None:
         latencies: list[float] = []
         late: list[float] = []
+        own: list[float] = []
         errors = 0
         client = clients[first]
+        answered = start
         try:
             for index in range(first, total, connections):
                 due = start + index / rate_per_second
@@ -230,8 +236,11 @@ def run_paced(
                     errors += 1
                     continue
                 late.append((sent_at - due) * 1000)
-                if client.exchange(encoded[index % len(encoded)]):
-                    latencies.append((time.monotonic() - due) * 1000)
+                own.append((sent_at - max(due, answered)) * 1000)
+                ok = client.exchange(encoded[index % len(encoded)])
+                answered = time.monotonic()
+                if ok:
+                    latencies.append((answered - due) * 1000)
                 else:
                     errors += 1
         finally:
@@ -241,6 +250,7 @@ def run_paced(
                 result.errors += errors
                 result.latencies_ms.extend(latencies)
                 result.late_ms.extend(late)
+                result.own_delay_ms.extend(own)
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(connections)]
     for thread in threads:
