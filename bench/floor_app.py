@@ -120,7 +120,7 @@ class Batcher:
 
     def accept(self, user_id: str) -> str:
         """Return the id of a new export for `user_id` once its batch is written and sent."""
-        pending = _Pending(user_id)
+        pending = _Pending(str(uuid.UUID(user_id)))  # the form PostgreSQL returns it in
         self._waiting.put(pending)
         if not pending.done.wait(BATCH_TIMEOUT_SECONDS):
             raise TimeoutError("the batch did not finish")
@@ -130,7 +130,7 @@ class Batcher:
         return pending.export_id
 
     def _run(self) -> None:
-        conn = connect(self._database_url, autocommit=True)
+        conn: psycopg.Connection[Any] | None = None
         while True:
             batch = [self._waiting.get()]
             while len(batch) < MAX_BATCH:
@@ -139,6 +139,8 @@ class Batcher:
                 except queue.Empty:
                     break
             try:
+                if conn is None or conn.closed or conn.broken:
+                    conn = connect(self._database_url, autocommit=True)
                 self._write(conn, batch)
             except Exception as exc:  # every waiting request learns the batch failed
                 for pending in batch:
