@@ -652,6 +652,15 @@ def load_average() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
 
+def on_one_worker(row: Measurement) -> bool:
+    """Return whether every connection of a run was on one of several gunicorn workers."""
+    try:
+        counts = [int(count) for count in row.connections_per_worker.split("/")]
+    except ValueError:  # "?" when the spread could not be sampled
+        return False
+    return len(counts) > 1 and sum(1 for count in counts if count) == 1
+
+
 def served_cpu_ms(row: Measurement) -> float:
     """Return the CPU milliseconds per request of the serving processes (not the generator)."""
     return row.gunicorn_cpu_ms + row.postgres_cpu_ms + row.redis_cpu_ms
@@ -678,16 +687,30 @@ def report(
             f"{r.gunicorn_cpu_ms:.2f} | {r.postgres_cpu_ms:.2f} | {r.redis_cpu_ms:.2f} | "
             f"{r.rest_cpu_ms:.2f} | {r.machine_busy_percent:.0f} |"
         )
-    trivial, enqueue, half, again = rows[0], rows[1], rows[3], rows[5]
+    trivial, enqueue, peak, half, again = rows[0], rows[1], rows[2], rows[3], rows[5]
     floor, batched = rows[6], rows[7]
-    trivial_rate = (trivial.requests_per_second + again.requests_per_second) / 2
+    # A trivial run with every connection on one worker measures one core, not the machine.
+    spread = [run for run in (trivial, again) if not on_one_worker(run)] or [trivial, again]
+    trivial_rate = sum(run.requests_per_second for run in spread) / len(spread)
     ratio = enqueue.requests_per_second / trivial_rate
     met = "met" if ratio >= ENQUEUE_TARGET_RATIO else "not met"
-    trivial_cpu = (served_cpu_ms(trivial) + served_cpu_ms(again)) / 2
+    trivial_cpu = sum(served_cpu_ms(run) for run in spread) / len(spread)
     enqueue_cpu = served_cpu_ms(enqueue)
+    lopsided = [run.name for run in rows if on_one_worker(run)]
+    if on_one_worker(peak):
+        status_verdict = "not a valid test: the peak it halves had every connection on one worker"
+    else:
+        status_verdict = "met" if half.p99_ms < STATUS_P99_TARGET_MS else "not met"
+    lines.append("")
+    if lopsided:
+        lines.append(
+            "- Every connection on one worker, so one core was the ceiling, in: "
+            + "; ".join(lopsided)
+            + "."
+        )
     lines += [
-        "",
-        f"- Enqueue at {ratio:.0%} of the trivial endpoint's requests/s (mean of its two runs) "
+        f"- Enqueue at {ratio:.0%} of the trivial endpoint's requests/s "
+        f"({'mean of its two runs' if len(spread) == 2 else 'its run with both workers serving'}) "
         f"(target >= {ENQUEUE_TARGET_RATIO:.0%}): {met}.",
         f"- Enqueue CPU per request {enqueue_cpu:.2f} ms (gunicorn + PostgreSQL + Redis) against "
         f"{trivial_cpu:.2f} ms for the trivial endpoint: {trivial_cpu / enqueue_cpu:.0%} of its "
@@ -702,8 +725,7 @@ def report(
         f"requests/s, {served_cpu_ms(batched):.2f} ms of CPU per request (PostgreSQL "
         f"{batched.postgres_cpu_ms:.2f}, Redis {batched.redis_cpu_ms:.2f}).",
         f"- Status p99 at half its peak: {half.p99_ms:.2f} ms (target < "
-        f"{STATUS_P99_TARGET_MS:.0f} ms): "
-        f"{'met' if half.p99_ms < STATUS_P99_TARGET_MS else 'not met'}.",
+        f"{STATUS_P99_TARGET_MS:.0f} ms): {status_verdict}.",
     ]
     return "\n".join(lines)
 
