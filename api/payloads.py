@@ -118,45 +118,48 @@ def int_param(
     return value
 
 
+@dataclass(frozen=True)
+class WindowSpec:
+    """A paged window's query parameters and bounds: a limit of 1 to `max_limit` (default
+    `default_limit`) named `limit_name`, an offset of 0 to `max_offset` named `offset_name`."""
+
+    limit_name: str
+    offset_name: str
+    default_limit: int
+    max_limit: int
+    max_offset: int
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Return the window's two parameter names."""
+        return frozenset({self.limit_name, self.offset_name})
+
+
 def window_params(
-    params: Mapping[str, str],
-    names: tuple[str, str],
-    *,
-    default_limit: int,
-    max_limit: int,
-    max_offset: int,
-    problems: dict[str, str],
+    params: Mapping[str, str], spec: WindowSpec, problems: dict[str, str]
 ) -> tuple[int, int]:
-    """Return the (limit, offset) of a paged window from the query parameters `names`: a limit
-    of 1 to `max_limit` and an offset of 0 to `max_offset`, recording a problem for each bad one."""
-    limit_name, offset_name = names
+    """Return the (limit, offset) of the window `spec` from the query parameters, recording a
+    problem for each bad one."""
     limit = int_param(
-        params, limit_name, default=default_limit, low=1, high=max_limit, problems=problems
+        params,
+        spec.limit_name,
+        default=spec.default_limit,
+        low=1,
+        high=spec.max_limit,
+        problems=problems,
     )
-    offset = int_param(params, offset_name, default=0, low=0, high=max_offset, problems=problems)
+    offset = int_param(
+        params, spec.offset_name, default=0, low=0, high=spec.max_offset, problems=problems
+    )
     return limit, offset
 
 
-def window_query(
-    req: falcon.Request,
-    names: tuple[str, str],
-    *,
-    default_limit: int,
-    max_limit: int,
-    max_offset: int,
-) -> tuple[int, int]:
-    """Return the (limit, offset) of a request whose query string is only a window's two
-    parameters, `names`; raise 400 naming each unknown or bad one."""
-    params = check_params(req, frozenset(names))
+def window_query(req: falcon.Request, spec: WindowSpec) -> tuple[int, int]:
+    """Return the (limit, offset) of a request whose query string is only the window `spec`'s
+    two parameters; raise 400 naming each unknown or bad one."""
+    params = check_params(req, spec.names)
     problems: dict[str, str] = {}
-    window = window_params(
-        params,
-        names,
-        default_limit=default_limit,
-        max_limit=max_limit,
-        max_offset=max_offset,
-        problems=problems,
-    )
+    window = window_params(params, spec, problems)
     if problems:
         raise invalid_request(problems)
     return window

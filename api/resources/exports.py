@@ -15,6 +15,7 @@ from api.database import Database
 from api.dispatch import Dispatcher
 from api.documents import EXPORTS_PATH, export_document, status_document
 from api.payloads import (
+    WindowSpec,
     check_params,
     choice_param,
     idempotency_key,
@@ -51,7 +52,10 @@ from pipelines.options import FORMATS
 from pipelines.settings import Settings
 
 REPLAYED_HEADER = "Idempotent-Replayed"
-LIST_PARAMETERS = frozenset({"status", "format", "limit", "offset"})
+# The export list's page, and the status document's window of audit entries.
+EXPORT_PAGE = WindowSpec("limit", "offset", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_OFFSET)
+LOG_WINDOW = WindowSpec("log_limit", "log_offset", DEFAULT_LOG_WINDOW, MAX_LOG_WINDOW, MAX_OFFSET)
+LIST_PARAMETERS = frozenset({"status", "format"}) | EXPORT_PAGE.names
 
 
 class ExportRequestResource:
@@ -110,14 +114,7 @@ class ExportListResource:
         require(principal, Action.READ)
         params = check_params(req, LIST_PARAMETERS)
         problems: dict[str, str] = {}
-        limit, offset = window_params(
-            params,
-            ("limit", "offset"),
-            default_limit=DEFAULT_PAGE_SIZE,
-            max_limit=MAX_PAGE_SIZE,
-            max_offset=MAX_OFFSET,
-            problems=problems,
-        )
+        limit, offset = window_params(params, EXPORT_PAGE, problems)
         flt = ExportFilter(
             user_id=principal.user_id,
             status=choice_param(params, "status", EXPORT_STATUSES, problems),
@@ -143,13 +140,7 @@ class ExportStatusResource:
         """Answer the export's status document with a window of its audit entries, or 404."""
         principal = principal_of(req)
         require(principal, Action.READ)
-        limit, offset = window_query(
-            req,
-            ("log_limit", "log_offset"),
-            default_limit=DEFAULT_LOG_WINDOW,
-            max_limit=MAX_LOG_WINDOW,
-            max_offset=MAX_OFFSET,
-        )
+        limit, offset = window_query(req, LOG_WINDOW)
         window = LogWindow(limit=limit, offset=offset)
         # One statement in autocommit: one round trip, and the row, entries and total agree.
         with self._database.autocommit() as conn:

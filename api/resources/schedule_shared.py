@@ -16,7 +16,7 @@ import psycopg
 
 from api.auth import Principal
 from api.database import Database
-from api.payloads import window_query
+from api.payloads import WindowSpec, window_query
 from api.problems import ProblemError
 from api.queries import MAX_OFFSET, user_exists
 from api.schedule_policy import authorize_scheduled_export, check_rate_limit
@@ -28,6 +28,7 @@ EXPORT_TYPES: Final[dict[str, Literal["user", "bulk"]]] = {"user_data": "user", 
 PRIORITIES: Final = ("low", "normal", "high")
 PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 200
+SCHEDULE_PAGE: Final = WindowSpec("limit", "offset", PAGE_SIZE, MAX_PAGE_SIZE, MAX_OFFSET)
 NOT_FOUND: Final = "No scheduled export with this id."
 
 
@@ -98,10 +99,4 @@ def stored_options(body_options: Any, compression: str) -> dict[str, Any]:
 
 def page_params(req: falcon.Request) -> tuple[int, int]:
     """Return (limit, offset) from the query string, or raise 400."""
-    return window_query(
-        req,
-        ("limit", "offset"),
-        default_limit=PAGE_SIZE,
-        max_limit=MAX_PAGE_SIZE,
-        max_offset=MAX_OFFSET,
-    )
+    return window_query(req, SCHEDULE_PAGE)
