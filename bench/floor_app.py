@@ -32,6 +32,7 @@ import psycopg
 from dramatiq.brokers.redis import RedisBroker
 from psycopg.types.json import Jsonb
 
+from api.database import ThreadLocalDatabase
 from bench.trivial_app import PING_PATH, PingResource
 from pipelines.database import connect
 from pipelines.jobs import AuditEntry, NewExport, create_export
@@ -53,17 +54,9 @@ FLOOR_OPTIONS = ExportOptions(format="json")
 class FloorResource:
     """Write an export row with its audit entry, enqueue its message, answer 202 with its id."""
 
-    def __init__(self, database_url: str, dispatcher: Dispatcher) -> None:
-        self._database_url = database_url
+    def __init__(self, database: ThreadLocalDatabase, dispatcher: Dispatcher) -> None:
+        self._database = database
         self._dispatcher = dispatcher
-        self._local = threading.local()
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = connect(self._database_url, autocommit=True)
-            self._local.conn = conn
-        return conn
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         """Accept one export for `user_id` with the two writes and nothing else."""
@@ -74,7 +67,9 @@ class FloorResource:
             actor_type="user",
             actor_id=user_id,
         )
-        created = create_export(self._connection(), new, audit=audit)
+        # The API's own connection handling: one connection per thread, one statement in autocommit.
+        with self._database.autocommit() as conn:
+            created = create_export(conn, new, audit=audit)
         export_id = str(created.row["id"])
         self._dispatcher.enqueue_user_export(export_id)
         resp.status = falcon.HTTP_202
@@ -212,7 +207,8 @@ def create_app(database_url: str, broker_url: str) -> falcon.App[falcon.Request,
     """
     app: falcon.App[falcon.Request, falcon.Response] = falcon.App()
     broker = create_broker(broker_url)
-    app.add_route(FLOOR_PATH, FloorResource(database_url, Dispatcher(broker)))
+    database = ThreadLocalDatabase(database_url)
+    app.add_route(FLOOR_PATH, FloorResource(database, Dispatcher(broker)))
     if isinstance(broker, RedisBroker):
         app.add_route(BATCHED_FLOOR_PATH, BatchedFloorResource(Batcher(database_url, broker)))
     app.add_route(PING_PATH, PingResource())
