@@ -541,6 +541,66 @@ COMMENT ON TABLE export_analytics IS
     'One row per verification run of an export: what it was, how big, how fast and whether it '
     'verified; the raw material of the statistics endpoints and capacity planning.';
 
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id              uuid        NOT NULL DEFAULT gen_random_uuid(),
+    event           text        NOT NULL,
+    export_id       uuid        NOT NULL REFERENCES data_exports (id) ON DELETE CASCADE,
+    export_row      jsonb       NOT NULL,
+    occurred_at     timestamptz NOT NULL DEFAULT now(),
+    owed_since      timestamptz NOT NULL DEFAULT now(),
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    delivered_at    timestamptz,
+    abandoned_at    timestamptz,
+    last_error      text,
+    CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (id),
+    CONSTRAINT webhook_deliveries_event_check
+        CHECK (event IN ('export.failed', 'verification.failed')),
+    CONSTRAINT webhook_deliveries_export_row_check CHECK (jsonb_typeof(export_row) = 'object'),
+    CONSTRAINT webhook_deliveries_attempts_check CHECK (attempts >= 0),
+    -- A call ends one way: taken by the receiver, or given up with the reason.
+    CONSTRAINT webhook_deliveries_outcome_check
+        CHECK (delivered_at IS NULL OR abandoned_at IS NULL),
+    CONSTRAINT webhook_deliveries_abandoned_check
+        CHECK (abandoned_at IS NULL OR last_error IS NOT NULL)
+);
+COMMENT ON TABLE webhook_deliveries IS
+    'Webhook calls owed to the operator (an outbox). The triggers below write one in the same '
+    'transaction that fails an export or its verification, so a process killed after that commit '
+    'cannot lose the call; workers send it, retry it with backoff and record the outcome. The id '
+    'is the X-Export-Delivery header, the same on every attempt.';
+COMMENT ON COLUMN webhook_deliveries.export_row IS
+    'The export row as the event left it; the call describes the export at that moment.';
+COMMENT ON COLUMN webhook_deliveries.owed_since IS
+    'When the call became owed: at the event, or when an operator asked for it again. A call '
+    'owed for longer than a day is given up.';
+COMMENT ON COLUMN webhook_deliveries.next_attempt_at IS
+    'When the call may be sent next. A sender claims a call by moving this past its request '
+    'timeout, so a sender that dies mid-call leaves it to the next one.';
+
+-- Every path that fails an export (a worker, the stuck-job sweep, the API when the broker did
+-- not take the message) or records a failed verification owes the operator a call.
+CREATE OR REPLACE FUNCTION webhook_deliveries_owe_call() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    INSERT INTO webhook_deliveries (event, export_id, export_row)
+    VALUES (TG_ARGV[0], NEW.id, to_jsonb(NEW));
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER data_exports_failed_webhook
+    AFTER UPDATE OF status ON data_exports
+    FOR EACH ROW
+    WHEN (NEW.status = 'failed' AND OLD.status IS DISTINCT FROM 'failed')
+    EXECUTE FUNCTION webhook_deliveries_owe_call('export.failed');
+CREATE OR REPLACE TRIGGER data_exports_verification_failed_webhook
+    AFTER UPDATE OF verification_status, verified_at ON data_exports
+    FOR EACH ROW
+    WHEN (NEW.verification_status = 'failed' AND NEW.verified_at IS DISTINCT FROM OLD.verified_at)
+    EXECUTE FUNCTION webhook_deliveries_owe_call('verification.failed');
+
 -- -------------------------------------------------------------------------------------------
 -- Indexes for the hot queries (constraints above already index primary and unique keys)
 -- -------------------------------------------------------------------------------------------
@@ -554,6 +614,11 @@ CREATE INDEX IF NOT EXISTS data_exports_expires_idx
 -- Cleanup: running exports whose worker stopped renewing its lease.
 CREATE INDEX IF NOT EXISTS data_exports_lease_idx
     ON data_exports (lease_expires_at) WHERE status = 'running';
+-- Webhook senders: the calls still owed, soonest first.
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due_idx
+    ON webhook_deliveries (next_attempt_at) WHERE delivered_at IS NULL AND abandoned_at IS NULL;
+-- Deleting an export deletes its calls.
+CREATE INDEX IF NOT EXISTS webhook_deliveries_export_idx ON webhook_deliveries (export_id);
 -- Cleanup: queued exports whose message was lost, oldest first.
 CREATE INDEX IF NOT EXISTS data_exports_queued_idx
     ON data_exports (created_at) WHERE status = 'queued';

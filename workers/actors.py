@@ -28,6 +28,7 @@ from workers.config import WorkerSettings
 from workers.maintenance import (
     abort_abandoned_uploads,
     cleanup_exports,
+    deliver_webhooks,
     fail_stuck_exports,
     requeue_verifications,
 )
@@ -168,3 +169,12 @@ def fail_stuck_exports_actor() -> None:
 def requeue_verifications_actor() -> None:
     """Queue verification again where the verifier's message was lost."""
     logger.info("cleanup: %d verification(s) queued again", requeue_verifications(RUNTIME))
+
+
+@dramatiq.actor(
+    actor_name=dispatch.DELIVER_WEBHOOKS,
+    **_options(dispatch.MAINTENANCE_QUEUE, MAINTENANCE_TIME_LIMIT_MS, max_retries=2),
+)
+def deliver_webhooks_actor() -> None:
+    """Send the webhook calls still owed."""
+    logger.info("cleanup: %d webhook call(s) attempted", deliver_webhooks(RUNTIME))

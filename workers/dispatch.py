@@ -43,6 +43,7 @@ CLEANUP_EXPORTS: Final = "cleanup_exports"
 ABORT_ABANDONED_UPLOADS: Final = "abort_abandoned_uploads"
 FAIL_STUCK_EXPORTS: Final = "fail_stuck_exports"
 REQUEUE_VERIFICATIONS: Final = "requeue_verifications"
+DELIVER_WEBHOOKS: Final = "deliver_webhooks"
 
 
 class Dispatcher:
@@ -73,11 +74,13 @@ class Dispatcher:
         self._send(VERIFY_QUEUE, VERIFY_EXPORT, export_id)
 
     def enqueue_cleanup(self) -> None:
-        """Queue a cleanup run: stuck jobs, lost verifications, abandoned uploads, expiry."""
+        """Queue a cleanup run: stuck jobs, lost verifications, abandoned uploads, expiry, and
+        webhook calls still owed."""
         self._send(MAINTENANCE_QUEUE, FAIL_STUCK_EXPORTS)
         self._send(MAINTENANCE_QUEUE, REQUEUE_VERIFICATIONS)
         self._send(MAINTENANCE_QUEUE, ABORT_ABANDONED_UPLOADS)
         self._send(MAINTENANCE_QUEUE, CLEANUP_EXPORTS)
+        self._send(MAINTENANCE_QUEUE, DELIVER_WEBHOOKS)
 
     def _send(self, queue: str, actor: str, *args: str, **kwargs: Any) -> None:
         message: dramatiq.Message[Any] = dramatiq.Message(

@@ -64,7 +64,7 @@ def finalize_if_done(runtime: Runtime, conn: Any, export_id: str) -> bool:
     if row is not None:
         metrics.export_row_ended(row)
         if row["status"] == "failed":
-            runtime.webhooks.export_failed(row)
+            runtime.webhooks.wake()
     return True
 
 

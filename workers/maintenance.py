@@ -1,4 +1,5 @@
-"""Maintenance: fail stuck jobs, abort abandoned uploads, delete expired exports, re-verify.
+"""Maintenance: fail stuck jobs, abort abandoned uploads, delete expired exports, re-verify,
+send the webhook calls a dead process left owed.
 
 Each function is one idempotent sweep that any number of maintenance workers may run at once.
 A job is stuck when its lease expired longer ago than a redelivered message needs to resume it;
@@ -20,6 +21,7 @@ from workers.fanin import finalize_if_done
 from workers.rows import audit
 from workers.runtime import Runtime
 from workers.state import fail_unleased
+from workers.webhook_outbox import prune_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,9 @@ ABANDONED_UPLOAD_SECONDS: Final = 24 * 3600
 VERIFY_GRACE_SECONDS: Final = 10 * 60
 # Rows handled per sweep, so one run stays short; the next run takes the rest.
 SWEEP_ROWS: Final = 500
+# Webhook calls one sweep sends itself: each may take the request timeout (5 s), so 60 stay well
+# inside the maintenance time limit; the process's sender thread takes the rest.
+SWEEP_WEBHOOK_CALLS: Final = 60
 
 
 def fail_stuck_exports(
@@ -79,6 +84,8 @@ def fail_stuck_exports(
                     )
                 if kind == "shard":
                     finalize_if_done(runtime, conn, export_id)
+    if failed:
+        runtime.webhooks.wake()
     return failed
 
 
@@ -179,6 +186,19 @@ def requeue_verifications(
                 f"still unverified {older_than_seconds} s after completing; verification queued",
             )
     return len(rows)
+
+
+def deliver_webhooks(runtime: Runtime, *, limit: int = SWEEP_WEBHOOK_CALLS) -> int:
+    """Send the webhook calls that are due (a process that owed them may have died); prune old
+    ones. Return how many calls were attempted."""
+    with runtime.connect() as conn:
+        pruned = prune_deliveries(conn)
+    if pruned:
+        logger.info("webhooks: %d call(s) past retention deleted", pruned)
+    attempted = runtime.webhooks.deliver_due(limit)
+    if attempted >= limit:
+        runtime.webhooks.wake()  # more may be due: the sender thread goes on
+    return attempted
 
 
 def _export_of(conn: psycopg.Connection[Any], shard_id: str) -> str:

@@ -1,4 +1,5 @@
-"""The workers' own Prometheus metrics: exports by outcome, rows, bytes, durations, verification.
+"""The workers' own Prometheus metrics: exports by outcome, rows, bytes, durations, verification,
+webhook calls.
 
 Worker processes write them with prometheus-client in multiprocess mode into the same folder as
 Dramatiq's Prometheus middleware (`dramatiq_prom_db`), so one exposition server
@@ -52,6 +53,7 @@ class _Instruments:
     ratios: Histogram
     verifications: Counter
     verify_durations: Histogram
+    webhook_calls: Counter
 
 
 _lock = threading.Lock()
@@ -120,6 +122,12 @@ def _build() -> _Instruments:
             buckets=DURATION_BUCKETS_SECONDS,
             registry=registry,
         ),
+        webhook_calls=prom.Counter(
+            "data_export_webhook_calls",
+            "Webhook call attempts, by event and outcome (delivered, retrying, abandoned).",
+            ["event", "outcome"],
+            registry=registry,
+        ),
     )
 
 
@@ -169,3 +177,8 @@ def verification_ended(*, outcome: str, export_type: str, seconds: float) -> Non
     metrics = _get()
     metrics.verifications.labels(outcome, export_type).inc()
     metrics.verify_durations.labels(export_type).observe(max(0.0, seconds))
+
+
+def webhook_attempted(*, event: str, outcome: str) -> None:
+    """Count one attempt to send a webhook call, by what became of it."""
+    _get().webhook_calls.labels(event, outcome).inc()

@@ -16,7 +16,7 @@ from pipelines.database import connect
 from pipelines.settings import Settings
 from pipelines.storage.stores import S3Store
 from workers.config import WorkerSettings
-from workers.webhooks import Notifier, notifier_for
+from workers.webhook_outbox import Outbox, outbox_for
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -44,9 +44,9 @@ class Runtime:
     queue: JobQueue
 
     @cached_property
-    def webhooks(self) -> Notifier:
-        """Return the process's webhook notifier (a no-op when WEBHOOK_URL is empty)."""
-        return notifier_for(self.settings.webhook_url, self.settings.webhook_secret)
+    def webhooks(self) -> Outbox:
+        """Return the process's webhook sender (a no-op when WEBHOOK_URL is empty)."""
+        return outbox_for(self.settings.webhook_url, self.settings.webhook_secret, self.connect)
 
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
         """Open a database connection with the statement timeout set."""

@@ -60,7 +60,7 @@ def run_user_export(runtime: Runtime, export_id: str, *, request_id: str | None 
         if claimed.outcome is ClaimOutcome.EXHAUSTED or claimed.lease is None:
             audit(conn, export_id, "export.failed", claimed.reason, level="error")
             metrics.export_row_ended(claimed.row)
-            runtime.webhooks.export_failed(claimed.row)
+            runtime.webhooks.wake()
             return Outcome.FAILED
         attempt = Attempt(runtime, conn, claimed.lease, claimed.row, export_id, None, request_id)
         attempt.audit(
@@ -81,12 +81,12 @@ def run_user_export(runtime: Runtime, export_id: str, *, request_id: str | None 
 
 
 def _count_ended(runtime: Runtime, conn: psycopg.Connection[Any], export_id: str) -> None:
-    """Count the export in the metrics as its row now stands; call the webhook if it failed."""
+    """Count the export in the metrics as its row now stands; send its webhook call if it failed."""
     row = get_export(conn, export_id)
     if row is not None and row["status"] in ("completed", "failed"):
         metrics.export_row_ended(row)
     if row is not None and row["status"] == "failed":
-        runtime.webhooks.export_failed(row)
+        runtime.webhooks.wake()
 
 
 def _export(attempt: Attempt) -> None:

@@ -73,9 +73,7 @@ def run_verification(runtime: Runtime, export_id: str) -> VerificationReport | N
         outcome=status, export_type=str(row["export_type"]), seconds=report.duration_seconds
     )
     if not report.passed:
-        runtime.webhooks.verification_failed(
-            {**row, "verification_status": status}, report.as_json()
-        )
+        runtime.webhooks.wake()
     return report
 
 

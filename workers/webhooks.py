@@ -1,76 +1,39 @@
-"""Call the operator's webhook when an export fails or fails verification.
+"""What a webhook call is: its signed JSON body, its headers, and one attempt to send it.
 
-Each call POSTs a small JSON document (ids, status, reason; never export data) signed with
-HMAC-SHA256 of `<timestamp>.<body>` under WEBHOOK_SECRET, sent as `X-Export-Signature:
-t=<unix seconds>,v1=<hex>`. Calls leave on one background thread per process, so a slow or dead
-receiver never holds up a job; a failed call is retried with exponential backoff under the same
-delivery id, so a receiver can drop duplicates. At exit a process waits briefly for pending calls.
+A call is a small JSON document (ids, status, reason; never export data) signed with HMAC-SHA256
+of `<timestamp>.<body>` under WEBHOOK_SECRET, sent as `X-Export-Signature: t=<unix seconds>,
+v1=<hex>`. Receivers check it with `signature_valid` and drop duplicates by `X-Export-Delivery`.
+Which calls are owed, and their retries, live in the database: `workers.webhook_outbox`.
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import hmac
 import http.client
-import logging
-import queue
-import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import orjson
 
 from pipelines.errors import PermanentError, RetryableError
 
-logger = logging.getLogger(__name__)
-
 SIGNATURE_HEADER: Final = "X-Export-Signature"
 EVENT_HEADER: Final = "X-Export-Event"
 DELIVERY_HEADER: Final = "X-Export-Delivery"
 EXPORT_FAILED: Final = "export.failed"
 VERIFICATION_FAILED: Final = "verification.failed"
-# Seconds to wait before each retry: five retries over about half a minute ride out a receiver's
-# restart without keeping a dying process busy for long.
-BACKOFF_SECONDS: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 # Seconds one call may take: a receiver should only store the event and answer.
 REQUEST_TIMEOUT_SECONDS: Final = 5.0
-# Calls waiting to be sent per process; beyond it new events are logged and dropped, so a dead
-# receiver cannot grow a worker's memory without bound.
-MAX_PENDING: Final = 1000
-# Seconds a stopping process waits for pending calls.
-EXIT_WAIT_SECONDS: Final = 5.0
 # Seconds a receiver should accept between the signed timestamp and its clock (replay window).
 SIGNATURE_TOLERANCE_SECONDS: Final = 300
 # Problems of a failed verification named in the call; the rest are counted.
 NAMED_PROBLEMS: Final = 5
 
 Transport = Callable[[str, bytes, Mapping[str, str]], int]
-
-
-class Notifier(Protocol):
-    """What the job functions call when something failed."""
-
-    def export_failed(self, row: Mapping[str, Any]) -> None:
-        """Report an export that ended failed."""
-
-    def verification_failed(self, row: Mapping[str, Any], report: Mapping[str, Any]) -> None:
-        """Report an export whose verification failed."""
-
-
-class NullNotifier:
-    """No webhook configured: every event is dropped."""
-
-    def export_failed(self, row: Mapping[str, Any]) -> None:
-        """Drop the event."""
-
-    def verification_failed(self, row: Mapping[str, Any], report: Mapping[str, Any]) -> None:
-        """Drop the event."""
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -131,141 +94,45 @@ def http_transport(url: str, body: bytes, headers: Mapping[str, str]) -> int:
         conn.close()
 
 
-@dataclass(frozen=True)
-class _Call:
-    event: str
-    delivery_id: str
-    document: dict[str, Any]
-
-
-class WebhookNotifier:
-    """Send signed webhook calls from a background thread, retrying with backoff."""
-
-    def __init__(
-        self,
-        url: str,
-        secret: str,
-        *,
-        transport: Transport = http_transport,
-        backoff_seconds: Sequence[float] = BACKOFF_SECONDS,
-    ) -> None:
-        self._url = url
-        self._secret = secret
-        self._transport = transport
-        self._backoff = tuple(backoff_seconds)
-        self._pending: queue.Queue[_Call] = queue.Queue(maxsize=MAX_PENDING)
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def export_failed(self, row: Mapping[str, Any]) -> None:
-        """Report an export that ended failed."""
-        self._notify(EXPORT_FAILED, {"export": export_document(row)})
-
-    def verification_failed(self, row: Mapping[str, Any], report: Mapping[str, Any]) -> None:
-        """Report an export whose verification failed, naming its first problems."""
+def event_body(
+    event: str, delivery_id: str, occurred_at: datetime, export_row: Mapping[str, Any]
+) -> bytes:
+    """Return the JSON body of a call about `export_row` as the event left it."""
+    document: dict[str, Any] = {
+        "event": event,
+        "deliveryId": delivery_id,
+        "occurredAt": occurred_at.isoformat(),
+        "export": export_document(export_row),
+    }
+    if event == VERIFICATION_FAILED:
+        report = export_row.get("verification_report") or {}
         problems = list(report.get("problems") or [])
-        self._notify(
-            VERIFICATION_FAILED,
-            {
-                "export": export_document(row),
-                "problems": problems[:NAMED_PROBLEMS],
-                "problemCount": len(problems) + int(report.get("problemsOmitted") or 0),
-            },
-        )
-
-    def flush(self, timeout_seconds: float = EXIT_WAIT_SECONDS) -> bool:
-        """Wait until every pending call was sent or given up; return whether all were."""
-        deadline = time.monotonic() + timeout_seconds
-        while self._pending.unfinished_tasks:
-            if time.monotonic() >= deadline:
-                logger.warning("webhook: %d call(s) still pending", self._pending.unfinished_tasks)
-                return False
-            time.sleep(0.05)
-        return True
-
-    def deliver(self, call: _Call) -> bool:
-        """Send one call, retrying retryable failures; return whether the receiver took it."""
-        body = orjson.dumps(
-            {
-                "event": call.event,
-                "deliveryId": call.delivery_id,
-                "occurredAt": datetime.now(UTC).isoformat(),
-                **call.document,
-            }
-        )
-        export_id = call.document["export"]["id"]
-        for attempt, delay in enumerate((*self._backoff, None), start=1):
-            try:
-                self._send_once(call, body)
-            except PermanentError as exc:
-                logger.error("webhook %s for export %s refused: %s", call.event, export_id, exc)
-                return False
-            except RetryableError as exc:
-                if delay is None:
-                    logger.error(
-                        "webhook %s for export %s failed %d times, giving up: %s",
-                        call.event, export_id, attempt, exc,
-                    )  # fmt: skip
-                    return False
-                logger.warning(
-                    "webhook %s for export %s failed (attempt %d), retrying in %.0f s: %s",
-                    call.event, export_id, attempt, delay, exc,
-                )  # fmt: skip
-                time.sleep(delay)
-            else:
-                logger.info("webhook %s for export %s delivered", call.event, export_id)
-                return True
-        return False
-
-    def _send_once(self, call: _Call, body: bytes) -> None:
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "data-export-webhook/1",
-            EVENT_HEADER: call.event,
-            DELIVERY_HEADER: call.delivery_id,
-            # Signed at each attempt, so a late retry still falls in the receiver's window.
-            SIGNATURE_HEADER: sign(self._secret, int(time.time()), body),
-        }
-        status = self._transport(self._url, body, headers)
-        if 200 <= status < 300:
-            return
-        if status in (408, 425, 429) or status >= 500:
-            raise RetryableError(f"the receiver answered {status}")
-        raise PermanentError(f"the receiver answered {status}")
-
-    def _notify(self, event: str, document: dict[str, Any]) -> None:
-        call = _Call(event, uuid.uuid4().hex, document)
-        try:
-            self._pending.put_nowait(call)
-        except queue.Full:
-            logger.error(
-                "webhook %s for export %s dropped: %d calls pending",
-                event, document["export"]["id"], MAX_PENDING,
-            )  # fmt: skip
-            return
-        self._ensure_thread()
-
-    def _ensure_thread(self) -> None:
-        with self._lock:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
-            self._thread.start()
-            atexit.register(self.flush)
-
-    def _run(self) -> None:
-        while True:
-            call = self._pending.get()
-            try:
-                self.deliver(call)
-            except Exception:  # the sender thread must outlive any one call's surprise
-                logger.exception("webhook %s: unexpected failure", call.event)
-            finally:
-                self._pending.task_done()
+        document["problems"] = problems[:NAMED_PROBLEMS]
+        document["problemCount"] = len(problems) + int(report.get("problemsOmitted") or 0)
+    return orjson.dumps(document)
 
 
-def notifier_for(url: str | None, secret: str | None) -> Notifier:
-    """Return the notifier for the settings: a real one when a URL and secret are set."""
-    if url and secret:
-        return WebhookNotifier(url, secret)
-    return NullNotifier()
+def send_call(
+    url: str,
+    secret: str,
+    *,
+    event: str,
+    delivery_id: str,
+    body: bytes,
+    transport: Transport = http_transport,
+) -> None:
+    """Send one call once; RetryableError when worth trying again, PermanentError when not."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "data-export-webhook/1",
+        EVENT_HEADER: event,
+        DELIVERY_HEADER: delivery_id,
+        # Signed at each attempt, so a late retry still falls in the receiver's window.
+        SIGNATURE_HEADER: sign(secret, int(time.time()), body),
+    }
+    status = transport(url, body, headers)
+    if 200 <= status < 300:
+        return
+    if status in (408, 425, 429) or status >= 500:
+        raise RetryableError(f"the receiver answered {status}")
+    raise PermanentError(f"the receiver answered {status}")

@@ -40,6 +40,7 @@ EXPORT_TABLES = {
     "export_shards",
     "export_upload_parts",
     "export_schedule_runs",
+    "webhook_deliveries",
 }
 SOURCE_TABLES = {"users", "files"}
 VIEWS = {"export_summary", "export_health_metrics", "user_export_summary"}
@@ -119,7 +120,10 @@ def test_drift_on_an_empty_database_names_every_missing_relation(empty_database_
         drift = schema_drift(connection)
     expected = {f"missing table {name}" for name in EXPORT_TABLES | SOURCE_TABLES}
     expected |= {f"missing view {name}" for name in VIEWS}
-    expected |= {"missing function export_logs_refuse_change()"}
+    expected |= {
+        "missing function export_logs_refuse_change()",
+        "missing function webhook_deliveries_owe_call()",
+    }
     assert set(drift) == expected
 
 
