@@ -639,6 +639,9 @@ CREATE INDEX IF NOT EXISTS export_shards_lease_idx
     ON export_shards (lease_expires_at) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS export_shards_open_upload_idx
     ON export_shards (updated_at) WHERE multipart_upload_id IS NOT NULL;
+-- Queued shards: lost messages to send again, shards that never ran.
+CREATE INDEX IF NOT EXISTS export_shards_queued_idx
+    ON export_shards (updated_at) WHERE status = 'queued';
 
 -- Parts of an export or shard (resume, cascade delete).
 CREATE INDEX IF NOT EXISTS export_upload_parts_export_idx ON export_upload_parts (export_id);

@@ -6,7 +6,8 @@ committed or the message cannot be enqueued. The row is committed before its mes
 a worker never receives an id it cannot find. When the broker refuses the message, the committed
 row is marked `failed` with a reason (and loses its Idempotency-Key, so the client's retry makes
 a fresh attempt) rather than deleted: the audit trail refers to it. A process that dies between
-commit and enqueue leaves a `queued` row with no message, which cleanup fails as lost.
+commit and enqueue leaves a `queued` row with no message, which maintenance sends again
+(`workers.maintenance.resend_lost_messages`).
 The rate limit is the user's own (`export_permissions.rate_limit_per_hour`) when their grant
 has one, else the role's default.
 

@@ -31,6 +31,7 @@ from workers.maintenance import (
     deliver_webhooks,
     fail_stuck_exports,
     requeue_verifications,
+    resend_lost_messages,
 )
 from workers.metrics import use_multiprocess_dir
 from workers.runtime import Runtime
@@ -178,3 +179,12 @@ def requeue_verifications_actor() -> None:
 def deliver_webhooks_actor() -> None:
     """Send the webhook calls still owed."""
     logger.info("cleanup: %d webhook call(s) attempted", deliver_webhooks(RUNTIME))
+
+
+@dramatiq.actor(
+    actor_name=dispatch.RESEND_LOST_MESSAGES,
+    **_options(dispatch.MAINTENANCE_QUEUE, MAINTENANCE_TIME_LIMIT_MS, max_retries=2),
+)
+def resend_lost_messages_actor() -> None:
+    """Send again the messages of queued jobs the broker lost."""
+    logger.info("cleanup: %d lost message(s) sent again", resend_lost_messages(RUNTIME))

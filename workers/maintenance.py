@@ -1,5 +1,5 @@
-"""Maintenance: fail stuck jobs, abort abandoned uploads, delete expired exports, re-verify,
-send the webhook calls a dead process left owed.
+"""Maintenance: fail stuck jobs, resend lost messages, abort abandoned uploads, delete expired
+exports, re-verify, send the webhook calls a dead process left owed.
 
 Each function is one idempotent sweep that any number of maintenance workers may run at once.
 A job is stuck when its lease expired longer ago than a redelivered message needs to resume it;
@@ -17,7 +17,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.errors import ExportError
 from pipelines.storage.s3_errors import translate_s3_error
+from workers import dispatch
 from workers.fanin import finalize_if_done
+from workers.lost_messages import Job
 from workers.rows import audit
 from workers.runtime import Runtime
 from workers.state import fail_unleased
@@ -35,6 +37,12 @@ ABANDONED_UPLOAD_SECONDS: Final = 24 * 3600
 # A completed export still unverified this long after finishing lost its verifier message (the
 # broker was down when it was sent): a verification takes minutes at most, so 10 is generous.
 VERIFY_GRACE_SECONDS: Final = 10 * 60
+# A queued job is looked up in the broker only this long after it was queued or last sent: the
+# gap between committing a row and sending its message is milliseconds, so this is generous.
+LOST_MESSAGE_GRACE_SECONDS: Final = 5 * 60
+# Times one job's message is sent again; a job that keeps losing it is left to the queued sweep.
+MAX_RESENDS: Final = 3
+RESENT_EVENT: Final = "export.message_resent"
 # Rows handled per sweep, so one run stays short; the next run takes the rest.
 SWEEP_ROWS: Final = 500
 # Webhook calls one sweep sends itself: each may take the request timeout (5 s), so 60 stay well
@@ -87,6 +95,94 @@ def fail_stuck_exports(
     if failed:
         runtime.webhooks.wake()
     return failed
+
+
+def resend_lost_messages(
+    runtime: Runtime,
+    *,
+    grace_seconds: int = LOST_MESSAGE_GRACE_SECONDS,
+    max_resends: int = MAX_RESENDS,
+) -> int:
+    """Send again the message of each queued export or shard the broker no longer holds.
+
+    Each resend is audited (`export.message_resent`) and counted; after `max_resends` a job is
+    left to `fail_stuck_exports`. Returns how many messages were sent again.
+    """
+    if runtime.live_jobs is None:
+        return 0  # the broker is not Redis: its messages cannot be read
+    with runtime.connect() as conn:
+        exports = conn.execute(
+            "SELECT e.id::text, e.export_type, e.priority, e.request_id,"
+            " (SELECT count(*) FROM export_logs l WHERE l.export_id = e.id"
+            "  AND l.shard_id IS NULL AND l.event = %s)"
+            " FROM data_exports e WHERE e.status = 'queued'"
+            " AND e.updated_at < now() - make_interval(secs => %s)"
+            " ORDER BY e.updated_at LIMIT %s",
+            (RESENT_EVENT, grace_seconds, SWEEP_ROWS),
+        ).fetchall()
+        shards = conn.execute(
+            "SELECT s.export_id::text, s.id::text,"
+            " (SELECT count(*) FROM export_logs l WHERE l.export_id = s.export_id"
+            "  AND l.shard_id = s.id AND l.event = %s)"
+            " FROM export_shards s JOIN data_exports e ON e.id = s.export_id"
+            " WHERE s.status = 'queued' AND e.status = 'running'"
+            " AND s.updated_at < now() - make_interval(secs => %s)"
+            " ORDER BY s.updated_at LIMIT %s",
+            (RESENT_EVENT, grace_seconds, SWEEP_ROWS),
+        ).fetchall()
+        candidates: dict[Job, tuple[Any, ...]] = {}
+        for export_id, export_type, priority, request_id, resends in exports:
+            actor = dispatch.EXPORT_USER if export_type == "user" else dispatch.PLAN_BULK_EXPORT
+            candidates[Job(actor, (export_id,))] = (export_type, priority, request_id, resends)
+        for export_id, shard_id, resends in shards:
+            candidates[Job(dispatch.EXPORT_SHARD, (export_id, shard_id))] = ("shard", resends)
+        if not candidates:
+            return 0
+        present = runtime.live_jobs(candidates.keys())
+        resent = 0
+        for job, found in candidates.items():
+            if job in present:
+                continue
+            resends = int(found[-1])
+            export_id = job.args[0]
+            shard_id = job.args[1] if len(job.args) > 1 else None
+            what = "shard" if shard_id else "export"
+            if resends >= max_resends:
+                logger.warning(
+                    "%s %s: message lost again after %d resends; left to the queued sweep",
+                    what, shard_id or export_id, resends,
+                )  # fmt: skip
+                continue
+            _resend(runtime, job, found)
+            table = "export_shards" if shard_id else "data_exports"
+            conn.execute(
+                f"UPDATE {table} SET updated_at = now() WHERE id = %s AND status = 'queued'",
+                (shard_id or export_id,),
+            )
+            audit(
+                conn,
+                export_id,
+                RESENT_EVENT,
+                f"the {what} was queued over {grace_seconds} s and the broker no longer held its "
+                f"message; sent again ({resends + 1} of {max_resends})",
+                level="warning",
+                shard_id=shard_id,
+            )
+            resent += 1
+    return resent
+
+
+def _resend(runtime: Runtime, job: Job, found: tuple[Any, ...]) -> None:
+    """Send one lost job's message again, as its first sender did."""
+    queue = runtime.queue
+    if job.actor == dispatch.EXPORT_SHARD:
+        queue.enqueue_shard(*job.args)
+        return
+    export_type, priority, request_id, _ = found
+    if export_type == "user":
+        queue.enqueue_user_export(job.args[0], request_id=request_id, priority=priority)
+    else:
+        queue.enqueue_bulk_export(job.args[0], request_id=request_id)
 
 
 def abort_abandoned_uploads(

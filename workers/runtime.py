@@ -15,7 +15,9 @@ import psycopg
 from pipelines.database import connect
 from pipelines.settings import Settings
 from pipelines.storage.stores import S3Store
+from workers import dispatch
 from workers.config import WorkerSettings
+from workers.lost_messages import JobFinder, job_finder
 from workers.webhook_outbox import Outbox, outbox_for
 
 if TYPE_CHECKING:
@@ -25,7 +27,15 @@ APPLICATION_NAME: Final = "data-export-worker"
 
 
 class JobQueue(Protocol):
-    """The messages workers send to other workers."""
+    """The messages workers send to other workers, and maintenance sends again."""
+
+    def enqueue_user_export(
+        self, export_id: str, *, request_id: str | None = None, priority: str = "normal"
+    ) -> None:
+        """Queue the export of one user's data on its priority's queue."""
+
+    def enqueue_bulk_export(self, export_id: str, *, request_id: str | None = None) -> None:
+        """Queue the planning of a bulk export."""
 
     def enqueue_shard(self, export_id: str, shard_id: str) -> None:
         """Queue one shard of a bulk export."""
@@ -47,6 +57,12 @@ class Runtime:
     def webhooks(self) -> Outbox:
         """Return the process's webhook sender (a no-op when WEBHOOK_URL is empty)."""
         return outbox_for(self.settings.webhook_url, self.settings.webhook_secret, self.connect)
+
+    @cached_property
+    def live_jobs(self) -> JobFinder | None:
+        """Return the finder of jobs with a live broker message (None: the broker is not Redis)."""
+        queues = (*dispatch.USER_EXPORT_QUEUES.values(), dispatch.BULK_QUEUE)
+        return job_finder(self.settings.effective_broker_url, queues)
 
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
         """Open a database connection with the statement timeout set."""

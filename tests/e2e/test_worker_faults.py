@@ -38,7 +38,7 @@ from pipelines.storage.client import s3_client_from_settings
 from workers.broker import create_broker
 from workers.config import WorkerSettings
 from workers.dispatch import Dispatcher
-from workers.maintenance import fail_stuck_exports, requeue_verifications
+from workers.maintenance import fail_stuck_exports, requeue_verifications, resend_lost_messages
 from workers.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -140,6 +140,7 @@ def _sweep(stack: Stack) -> None:
             s3_client_from_settings(settings),
             Dispatcher(broker),
         )
+        resend_lost_messages(runtime, grace_seconds=0)
         fail_stuck_exports(runtime, grace_seconds=0)
         requeue_verifications(runtime, older_than_seconds=0)
     finally:

@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import psycopg
 import pytest
+import redis
 from worker_processes import worker_environment
 
 from exportctl.seeding import seed_database
@@ -35,6 +37,7 @@ from workers.broker import create_broker
 from workers.bulk import run_plan
 from workers.config import WorkerSettings
 from workers.dispatch import Dispatcher
+from workers.maintenance import resend_lost_messages
 from workers.rows import header_from_row, options_from_row
 from workers.runtime import Runtime
 
@@ -311,3 +314,52 @@ def test_worker_killed_mid_shard_resumes_to_the_same_object(
     assert stored.hexdigest() == done["sha256"] == reference.digests.stored_sha256
     assert done["content_sha256"] == reference.digests.content_sha256
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_bulk_export_whose_shard_message_the_broker_lost_completes_after_the_resend_sweep(
+    workers: Workers, worker_env: dict[str, str], s3_client: S3Client
+) -> None:
+    _seed(worker_env, 600, max_files=40, files=6_000)
+    settings = _settings(worker_env)
+    # The planner (and its snapshot holder) runs here; the workers run the shards.
+    runtime = Runtime(
+        settings, WorkerSettings(lease_seconds=6, target_shard_rows=2_000),
+        s3_client, _dispatcher(worker_env),
+    )  # fmt: skip
+    export_id = _create(worker_env, "bulk", "csv", "zstd")
+    _, holder = run_plan(runtime, export_id)
+    assert holder is not None
+    broker = redis.Redis.from_url(settings.effective_broker_url)
+    messages = broker.hgetall("dramatiq:bulk.msgs")
+    assert len(messages) >= 2
+    lost_id, lost = next(iter(messages.items()))
+    broker.hdel("dramatiq:bulk.msgs", lost_id)  # the broker loses one shard's message
+    broker.lrem("dramatiq:bulk", 0, lost_id)
+    lost_shard = orjson.loads(lost)["args"][1]
+
+    workers.start()
+    with connect(worker_env["DATABASE_URL"]) as conn:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:  # every other shard ends; the lost one stays queued
+            left = conn.execute(
+                "SELECT array_agg(id::text) FROM export_shards"
+                " WHERE export_id = %s AND status IN ('queued', 'running')",
+                (export_id,),
+            ).fetchone()
+            assert left is not None
+            if left[0] == [lost_shard]:
+                break
+            assert time.monotonic() < deadline, left
+            time.sleep(0.2)
+    assert resend_lost_messages(runtime, grace_seconds=0) == 1
+
+    row = _wait(worker_env, _verified, export_id)
+    assert (row["status"], row["verification_status"]) == ("completed", "passed"), row
+    holder.join(timeout=30)
+    with connect(worker_env["DATABASE_URL"]) as conn:
+        resent = conn.execute(
+            "SELECT shard_id::text FROM export_logs WHERE export_id = %s AND event = %s",
+            (export_id, "export.message_resent"),
+        ).fetchall()
+    assert resent == [(lost_shard,)]
+    broker.close()
