@@ -9,6 +9,7 @@ an upload is abandoned when nothing running can still complete it. Every change 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -97,6 +98,25 @@ def fail_stuck_exports(
     return failed
 
 
+@dataclass(frozen=True)
+class _QueuedJob:
+    """A job queued long enough that its message should be in the broker."""
+
+    job: Job
+    export_type: str  # "user", "bulk" (planning) or "shard"
+    priority: str
+    request_id: str | None
+    resends: int
+
+    @property
+    def export_id(self) -> str:
+        return self.job.args[0]
+
+    @property
+    def shard_id(self) -> str | None:
+        return self.job.args[1] if len(self.job.args) > 1 else None
+
+
 def resend_lost_messages(
     runtime: Runtime,
     *,
@@ -110,79 +130,95 @@ def resend_lost_messages(
     """
     if runtime.live_jobs is None:
         return 0  # the broker is not Redis: its messages cannot be read
+    resent = 0
     with runtime.connect() as conn:
-        exports = conn.execute(
-            "SELECT e.id::text, e.export_type, e.priority, e.request_id,"
-            " (SELECT count(*) FROM export_logs l WHERE l.export_id = e.id"
-            "  AND l.shard_id IS NULL AND l.event = %s)"
-            " FROM data_exports e WHERE e.status = 'queued'"
-            " AND e.updated_at < now() - make_interval(secs => %s)"
-            " ORDER BY e.updated_at LIMIT %s",
-            (RESENT_EVENT, grace_seconds, SWEEP_ROWS),
-        ).fetchall()
-        shards = conn.execute(
-            "SELECT s.export_id::text, s.id::text,"
-            " (SELECT count(*) FROM export_logs l WHERE l.export_id = s.export_id"
-            "  AND l.shard_id = s.id AND l.event = %s)"
-            " FROM export_shards s JOIN data_exports e ON e.id = s.export_id"
-            " WHERE s.status = 'queued' AND e.status = 'running'"
-            " AND s.updated_at < now() - make_interval(secs => %s)"
-            " ORDER BY s.updated_at LIMIT %s",
-            (RESENT_EVENT, grace_seconds, SWEEP_ROWS),
-        ).fetchall()
-        candidates: dict[Job, tuple[Any, ...]] = {}
-        for export_id, export_type, priority, request_id, resends in exports:
-            actor = dispatch.EXPORT_USER if export_type == "user" else dispatch.PLAN_BULK_EXPORT
-            candidates[Job(actor, (export_id,))] = (export_type, priority, request_id, resends)
-        for export_id, shard_id, resends in shards:
-            candidates[Job(dispatch.EXPORT_SHARD, (export_id, shard_id))] = ("shard", resends)
-        if not candidates:
+        queued = {entry.job: entry for entry in _queued_jobs(conn, grace_seconds)}
+        if not queued:
             return 0
-        present = runtime.live_jobs(candidates.keys())
-        resent = 0
-        for job, found in candidates.items():
-            if job in present:
+        present = runtime.live_jobs(queued.keys())
+        for entry in queued.values():
+            if entry.job in present:
                 continue
-            resends = int(found[-1])
-            export_id = job.args[0]
-            shard_id = job.args[1] if len(job.args) > 1 else None
-            what = "shard" if shard_id else "export"
-            if resends >= max_resends:
+            what = "shard" if entry.shard_id else "export"
+            if entry.resends >= max_resends:
                 logger.warning(
                     "%s %s: message lost again after %d resends; left to the queued sweep",
-                    what, shard_id or export_id, resends,
+                    what, entry.shard_id or entry.export_id, entry.resends,
                 )  # fmt: skip
                 continue
-            _resend(runtime, job, found)
-            table = "export_shards" if shard_id else "data_exports"
-            conn.execute(
-                f"UPDATE {table} SET updated_at = now() WHERE id = %s AND status = 'queued'",
-                (shard_id or export_id,),
-            )
+            table = "export_shards" if entry.shard_id else "data_exports"
+            still_queued = conn.execute(
+                f"UPDATE {table} SET updated_at = now() WHERE id = %s AND status = 'queued'"
+                " RETURNING id",
+                (entry.shard_id or entry.export_id,),
+            ).fetchone()
+            if still_queued is None:
+                continue  # a worker took it since it was read: its message was not lost
+            _resend(runtime, entry)
             audit(
                 conn,
-                export_id,
+                entry.export_id,
                 RESENT_EVENT,
                 f"the {what} was queued over {grace_seconds} s and the broker no longer held its "
-                f"message; sent again ({resends + 1} of {max_resends})",
+                f"message; sent again ({entry.resends + 1} of {max_resends})",
                 level="warning",
-                shard_id=shard_id,
+                shard_id=entry.shard_id,
             )
             resent += 1
     return resent
 
 
-def _resend(runtime: Runtime, job: Job, found: tuple[Any, ...]) -> None:
+def _queued_jobs(conn: psycopg.Connection[Any], grace_seconds: int) -> list[_QueuedJob]:
+    """Return the exports and shards queued for over `grace_seconds`, oldest first."""
+    exports = conn.execute(
+        "SELECT e.id::text, e.export_type, e.priority, e.request_id,"
+        " (SELECT count(*) FROM export_logs l WHERE l.export_id = e.id"
+        "  AND l.shard_id IS NULL AND l.event = %s)"
+        " FROM data_exports e WHERE e.status = 'queued'"
+        " AND e.updated_at < now() - make_interval(secs => %s)"
+        " ORDER BY e.updated_at LIMIT %s",
+        (RESENT_EVENT, grace_seconds, SWEEP_ROWS),
+    ).fetchall()
+    shards = conn.execute(
+        "SELECT s.export_id::text, s.id::text,"
+        " (SELECT count(*) FROM export_logs l WHERE l.export_id = s.export_id"
+        "  AND l.shard_id = s.id AND l.event = %s)"
+        " FROM export_shards s JOIN data_exports e ON e.id = s.export_id"
+        " WHERE s.status = 'queued' AND e.status = 'running'"
+        " AND s.updated_at < now() - make_interval(secs => %s)"
+        " ORDER BY s.updated_at LIMIT %s",
+        (RESENT_EVENT, grace_seconds, SWEEP_ROWS),
+    ).fetchall()
+    jobs = [
+        _QueuedJob(
+            Job(dispatch.EXPORT_USER if kind == "user" else dispatch.PLAN_BULK_EXPORT, (row_id,)),
+            kind,
+            priority,
+            request_id,
+            int(resends),
+        )
+        for row_id, kind, priority, request_id, resends in exports
+    ]
+    jobs += [
+        _QueuedJob(
+            Job(dispatch.EXPORT_SHARD, (export_id, shard_id)), "shard", "normal", None, int(resends)
+        )
+        for export_id, shard_id, resends in shards
+    ]
+    return jobs
+
+
+def _resend(runtime: Runtime, entry: _QueuedJob) -> None:
     """Send one lost job's message again, as its first sender did."""
     queue = runtime.queue
-    if job.actor == dispatch.EXPORT_SHARD:
-        queue.enqueue_shard(*job.args)
-        return
-    export_type, priority, request_id, _ = found
-    if export_type == "user":
-        queue.enqueue_user_export(job.args[0], request_id=request_id, priority=priority)
+    if entry.shard_id is not None:
+        queue.enqueue_shard(entry.export_id, entry.shard_id)
+    elif entry.export_type == "user":
+        queue.enqueue_user_export(
+            entry.export_id, request_id=entry.request_id, priority=entry.priority
+        )
     else:
-        queue.enqueue_bulk_export(job.args[0], request_id=request_id)
+        queue.enqueue_bulk_export(entry.export_id, request_id=entry.request_id)
 
 
 def abort_abandoned_uploads(

@@ -4,7 +4,7 @@ after three resends."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import dramatiq
@@ -193,3 +193,24 @@ def test_a_rabbitmq_broker_is_not_read(runtime: Runtime, env: dict[str, str]) ->
     rabbit = Runtime(settings, runtime.worker, runtime.s3, runtime.queue)
     assert rabbit.live_jobs is None
     assert resend_lost_messages(rabbit) == 0
+
+
+def test_a_job_a_worker_took_while_the_broker_was_read_is_not_sent_again(
+    runtime: Runtime, broker_client: redis.Redis
+) -> None:
+    export_id = _queued(runtime)
+
+    def worker_takes_it_and_acknowledges(wanted: Collection[Job]) -> set[Job]:
+        with connect(runtime.settings.database_url) as conn:
+            conn.execute(
+                "UPDATE data_exports SET status = 'running', lease_owner = 'w',"
+                " lease_expires_at = now() + interval '1 minute' WHERE id = %s",
+                (export_id,),
+            )
+            conn.commit()
+        return set()  # its message is gone: acknowledged, not lost
+
+    runtime.__dict__["live_jobs"] = worker_takes_it_and_acknowledges  # the broker read
+    assert resend_lost_messages(runtime) == 0
+    assert broker_client.dbsize() == 0
+    assert _resend_entries(runtime, export_id) == []
