@@ -48,6 +48,40 @@ def _export_id() -> Schema:
     }
 
 
+def _range_headers() -> list[Schema]:
+    return [
+        {
+            "name": "Range",
+            "in": "header",
+            "required": False,
+            "description": "One byte range of the object (streamed downloads).",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "If-Range",
+            "in": "header",
+            "required": False,
+            "description": "Send the range only if the object's ETag is still this one.",
+            "schema": {"type": "string"},
+        },
+    ]
+
+
+def _stream_headers() -> dict[str, Schema]:
+    return {
+        "Accept-Ranges": {"schema": {"type": "string", "const": "bytes"}},
+        "ETag": {"schema": {"type": "string"}},
+    }
+
+
+def _octet_stream() -> Schema:
+    return {
+        "application/octet-stream": {
+            "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+        }
+    }
+
+
 def _idempotency() -> Schema:
     return {
         "name": IDEMPOTENCY_HEADER,
@@ -201,18 +235,34 @@ def _paths() -> Schema:
         "/api/exports/{exportId}/download": {
             "get": {
                 "summary": "Download a completed export (audited).",
-                "parameters": [_export_id()],
+                "description": (
+                    "With presigning off the object is streamed through the API, which honours "
+                    "one byte range (`Range: bytes=first-last`, `bytes=first-` or `bytes=-count`) "
+                    "so a broken download resumes; `If-Range` with the ETag of the first answer "
+                    "sends the whole object instead if it changed. Other Range headers are "
+                    "ignored and the whole object is sent. A presigned URL gets the same from "
+                    "the bucket."
+                ),
+                "parameters": [_export_id(), *_range_headers()],
                 "responses": {
                     "200": {
                         "description": "The export's bytes, streamed (presigning off).",
-                        "content": {
-                            "application/octet-stream": {
+                        "headers": _stream_headers(),
+                        "content": _octet_stream(),
+                    },
+                    "206": {
+                        "description": "The requested range of the export's bytes, streamed.",
+                        "headers": {
+                            **_stream_headers(),
+                            "Content-Range": {
                                 "schema": {
                                     "type": "string",
-                                    "contentMediaType": "application/octet-stream",
-                                }
-                            }
+                                    "pattern": "^bytes [0-9]+-[0-9]+/[0-9]+$",
+                                },
+                                "required": True,
+                            },
                         },
+                        "content": _octet_stream(),
                     },
                     "302": {
                         "description": "Redirect to a short-lived presigned URL.",
@@ -222,6 +272,15 @@ def _paths() -> Schema:
                     "404": not_found,
                     "409": problem_response("The export is not completed."),
                     "410": problem_response("The export has expired and its data is deleted."),
+                    "416": problem_response(
+                        "The byte range lies outside the object.",
+                        headers={
+                            "Content-Range": {
+                                "schema": {"type": "string", "pattern": "^bytes \\*/[0-9]+$"},
+                                "required": True,
+                            }
+                        },
+                    ),
                     **COMMON_ERRORS,
                 },
             }

@@ -67,6 +67,12 @@ _TYPES = (
         "The request body must be application/json.",
     ),
     ProblemType(
+        "range-not-satisfiable",
+        416,
+        "Range not satisfiable",
+        "The requested byte range lies outside the object.",
+    ),
+    ProblemType(
         "idempotency-key-reused",
         422,
         "Idempotency key reused",

@@ -105,7 +105,10 @@ class MemoryObjects:
     def presign(self, download: Download) -> str:
         return f"https://bucket.test/{download.key}?X-Amz-Expires={download.expires_in_seconds}"
 
-    def open(self, key: str) -> OpenedObject:
+    def open(
+        self, key: str, *, byte_range: str | None = None, if_match: str | None = None
+    ) -> OpenedObject:
+        """The whole object, always: a server may ignore a Range header."""
         if key not in self.objects:
             raise ObjectMissingError(key)
         data = self.objects[key]

@@ -1,8 +1,10 @@
 """GET /api/exports/{exportId}/download: a presigned URL (302) or the object streamed through.
 
-Only completed exports download (409 otherwise, 410 once expired or purged). Every download is
-recorded in `export_logs` with who, when, from where and how, committed before the answer goes
-out, so no download is ever unaudited.
+Only completed exports download (409 otherwise, 410 once expired or purged). A streamed download
+honours one `Range` (206, or 416 outside the object) guarded by `If-Range`, so a broken download
+resumes where it stopped; a presigned URL gets the same from the bucket itself. Every download
+is recorded in `export_logs` with who, when, from where, how and which bytes, committed before
+the answer goes out, so no download is ever unaudited.
 """
 
 from __future__ import annotations
@@ -15,8 +17,16 @@ import falcon
 import psycopg
 
 from api.auth import Principal
+from api.byte_ranges import ByteRange, parse_range, strong_entity_tag
 from api.database import Database
-from api.objects import Download, ObjectMissingError, ObjectStore, OpenedObject
+from api.objects import (
+    Download,
+    ObjectMissingError,
+    ObjectStore,
+    OpenedObject,
+    RangeNotSatisfiableError,
+    ValidatorChangedError,
+)
 from api.permissions import Action, actor_type, require
 from api.problems import ProblemError
 from api.resources.common import origin_of, principal_of, visible_export
@@ -67,6 +77,7 @@ class DownloadResource:
         require(principal, Action.READ)
         url = ""
         opened: OpenedObject | None = None
+        requested = None if self._presign else parse_range(req.get_header("Range"))
         try:
             with self._database.transaction() as conn:
                 row = visible_export(conn, principal, export_id)
@@ -75,8 +86,8 @@ class DownloadResource:
                 if self._presign:
                     url = self._objects.presign(download)
                 else:
-                    opened = self._open(download, row)
-                self._audit(conn, req, principal, row, download)
+                    opened = self._open(download, row, requested, req.get_header("If-Range"))
+                self._audit(conn, req, principal, row, download, opened=opened)
         except BaseException:
             if opened is not None:
                 opened.close()  # never streamed: give the S3 connection back
@@ -90,15 +101,44 @@ class DownloadResource:
         resp.content_type = download.content_type
         resp.downloadable_as = download.filename
         resp.content_length = opened.size_bytes
+        resp.set_header("Accept-Ranges", "bytes")
+        if opened.etag:
+            resp.etag = opened.etag
+        if opened.content_range:
+            resp.status = 206
+            resp.set_header("Content-Range", opened.content_range)
         resp.stream = opened.chunks
 
-    def _open(self, download: Download, row: dict[str, Any]) -> OpenedObject:
-        """Start reading the object; a completed export whose object is gone is 410."""
+    def _open(
+        self,
+        download: Download,
+        row: dict[str, Any],
+        requested: ByteRange | None,
+        if_range: str | None,
+    ) -> OpenedObject:
+        """Start reading the object, or the range asked for while `If-Range` still holds; a
+        completed export whose object is gone is 410, a range outside it 416."""
         try:
+            if requested is not None and (if_range is None or strong_entity_tag(if_range)):
+                try:
+                    return self._objects.open(
+                        download.key,
+                        byte_range=requested.header(),
+                        if_match=strong_entity_tag(if_range),
+                    )
+                except ValidatorChangedError:
+                    pass  # the object is not the one the client has part of: send it whole
             return self._objects.open(download.key)
         except ObjectMissingError as exc:
             logger.error("export %s is completed but its object is missing", row["id"])
             raise ProblemError("gone", GONE_DETAIL) from exc
+        except RangeNotSatisfiableError as exc:
+            asked = requested.header() if requested is not None else "the range"
+            raise ProblemError(
+                "range-not-satisfiable",
+                f"The export's object holds {exc.size_bytes} bytes; {asked} is outside it.",
+                headers={"Content-Range": f"bytes */{exc.size_bytes}"},
+            ) from exc
 
     def _audit(
         self,
@@ -107,8 +147,10 @@ class DownloadResource:
         principal: Principal,
         row: dict[str, Any],
         download: Download,
+        *,
+        opened: OpenedObject | None,
     ) -> None:
-        """Record who downloaded the export, when, from where and how."""
+        """Record who downloaded the export, when, from where, how and which bytes."""
         origin = origin_of(req)
         append_log(
             conn,
@@ -125,5 +167,6 @@ class DownloadResource:
                 "objectKey": download.key,
                 "expiresInSeconds": self._presign_seconds if self._presign else None,
                 "forwardedFor": req.get_header("X-Forwarded-For"),
+                "contentRange": opened.content_range if opened is not None else None,
             },
         )

@@ -140,3 +140,97 @@ def test_streamed_download_of_a_vanished_object_answers_410(
     result = client.simulate_get(f"/api/exports/{export_id}/download", headers=auth(user))
     assert result.status_code == 410
     assert _download_logs(database_url, export_id) == []
+
+
+@pytest.fixture
+def streamed(
+    database: ThreadLocalDatabase, database_url: str, s3_client: S3Client, s3_bucket: str
+) -> tuple[falcon.testing.TestClient, dict[str, str], str]:
+    """A client with presigning off, the owner's headers and a completed export's id."""
+    client = _client(database, s3_client, s3_bucket, presign=False)
+    user, export_id = _completed_export(client, database_url, s3_client, s3_bucket)
+    return client, auth(user), export_id
+
+
+def test_a_broken_streamed_download_resumes_from_where_it_stopped(
+    streamed: tuple[falcon.testing.TestClient, dict[str, str], str], database_url: str
+) -> None:
+    client, headers, export_id = streamed
+    url = f"/api/exports/{export_id}/download"
+    first = client.simulate_get(url, headers=headers)
+    assert first.status_code == 200
+    assert first.headers["accept-ranges"] == "bytes"
+    received = first.content[:7_000]  # the connection broke here
+    rest = client.simulate_get(
+        url,
+        headers={**headers, "Range": f"bytes={len(received)}-", "If-Range": first.headers["etag"]},
+    )
+    assert rest.status_code == 206
+    assert rest.headers["content-range"] == f"bytes 7000-{len(DATA) - 1}/{len(DATA)}"
+    assert rest.headers["content-length"] == str(len(DATA) - 7_000)
+    assert rest.headers["etag"] == first.headers["etag"]
+    assert received + rest.content == DATA
+    ranges = [entry[5]["contentRange"] for entry in _download_logs(database_url, export_id)]
+    assert ranges == [None, f"bytes 7000-{len(DATA) - 1}/{len(DATA)}"]  # both audited
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [("bytes=0-99", DATA[:100]), ("bytes=-50", DATA[-50:]), ("bytes=100-199", DATA[100:200])],
+)
+def test_a_bounded_or_suffix_range_sends_just_those_bytes(
+    streamed: tuple[falcon.testing.TestClient, dict[str, str], str], asked: str, expected: bytes
+) -> None:
+    client, headers, export_id = streamed
+    result = client.simulate_get(
+        f"/api/exports/{export_id}/download", headers={**headers, "Range": asked}
+    )
+    assert result.status_code == 206
+    assert result.content == expected
+
+
+def test_a_range_outside_the_object_answers_416_with_its_size(
+    streamed: tuple[falcon.testing.TestClient, dict[str, str], str], database_url: str
+) -> None:
+    client, headers, export_id = streamed
+    result = client.simulate_get(
+        f"/api/exports/{export_id}/download", headers={**headers, "Range": f"bytes={len(DATA)}-"}
+    )
+    assert result.status_code == 416
+    assert result.headers["content-range"] == f"bytes */{len(DATA)}"
+    assert result.json["type"].endswith("/range-not-satisfiable")
+    assert _download_logs(database_url, export_id) == []  # nothing was downloaded
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Range": "bytes=0-9", "If-Range": '"an-older-object"'},  # the object changed
+        {"Range": "bytes=0-9", "If-Range": "Wed, 21 Oct 2026 07:28:00 GMT"},  # a date: unchecked
+        {"Range": "bytes=0-1,5-6"},  # several ranges
+        {"Range": "bytes=9-2"},  # backwards
+        {"Range": "items=0-9"},  # another unit
+    ],
+)
+def test_a_range_that_cannot_be_honoured_sends_the_whole_object(
+    streamed: tuple[falcon.testing.TestClient, dict[str, str], str], headers: dict[str, str]
+) -> None:
+    client, owner, export_id = streamed
+    result = client.simulate_get(f"/api/exports/{export_id}/download", headers={**owner, **headers})
+    assert result.status_code == 200
+    assert result.content == DATA
+    assert "content-range" not in result.headers
+
+
+def test_a_presigned_url_serves_ranges_itself(
+    database: ThreadLocalDatabase, database_url: str, s3_client: S3Client, s3_bucket: str
+) -> None:
+    client = _client(database, s3_client, s3_bucket, presign=True)
+    user, export_id = _completed_export(client, database_url, s3_client, s3_bucket)
+    location = client.simulate_get(f"/api/exports/{export_id}/download", headers=auth(user))
+    presigned = location.headers["location"]
+    assert presigned.startswith("http://127.0.0.1:")
+    request = urllib.request.Request(presigned, headers={"Range": "bytes=10-19"})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback S3
+        assert answer.status == 206
+        assert answer.read() == DATA[10:20]
