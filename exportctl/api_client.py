@@ -3,7 +3,10 @@
 Speaks HTTP with the standard library. A download follows the API's redirect to the presigned
 URL without the bearer token (it must never reach the object store), streams the body to a file
 in fixed-size chunks while hashing it, and keeps the file only when its SHA-256 matches the digest
-the API recorded. Errors become `ApiError` with the problem details' title and detail.
+the API recorded. A download that breaks off resumes from the bytes it has (`Range` with
+`If-Range`, through the API again so a presigned URL is fresh), up to MAX_RESUMES times; an
+object that changed meanwhile is fetched whole. Errors become `ApiError` with the problem
+details' title and detail.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
 import os
 import posixpath
 import re
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -28,6 +33,12 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 # The API answers a download with one redirect to the presigned URL; more means a loop.
 MAX_REDIRECTS = 3
+# Times a download that broke off is resumed, and the pause before each resume.
+MAX_RESUMES = 5
+RESUME_PAUSE_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+logger = logging.getLogger(__name__)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 Progress = Callable[[int, int | None], None]
@@ -43,6 +54,33 @@ class ApiError(ExportError):
 
 class DigestMismatchError(ExportError):
     """A downloaded file's SHA-256 differs from the digest the API recorded."""
+
+
+@dataclass
+class _Partial:
+    """The bytes of a download received so far, in `<name>.partial`, and how to ask for more."""
+
+    path: Path
+    digest: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+    etag: str | None = None
+
+    def restart(self) -> None:
+        """Forget what was received: the next answer is the whole object."""
+        self.path.unlink(missing_ok=True)
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.etag = None
+
+    def resume_headers(self) -> dict[str, str]:
+        """Ask for the rest, but only of the same object (otherwise the whole of it)."""
+        if self.size == 0 or self.etag is None:
+            return {}
+        return {"Range": f"bytes={self.size}-", "If-Range": self.etag}
+
+
+class _BrokenOffError(Exception):
+    """The answer's body stopped early; what arrived is kept for a resume."""
 
 
 @dataclass(frozen=True)
@@ -85,25 +123,62 @@ class ApiClient:
         progress: Progress | None = None,
     ) -> Downloaded:
         """Download the export into `out_dir`, checking its SHA-256 as the bytes arrive."""
+        partial: _Partial | None = None
+        for resume in range(MAX_RESUMES + 1):
+            try:
+                return self._download_once(export_id, out_dir, partial, expected_sha256, progress)
+            except _BrokenOffError as broken:
+                partial = broken.args[0]
+                assert isinstance(partial, _Partial)
+                if resume == MAX_RESUMES:
+                    partial.restart()
+                    raise ApiError(
+                        0, f"download of export {export_id} broke off {resume + 1} times: "
+                        f"{broken.__cause__}",
+                    ) from broken  # fmt: skip
+                logger.warning(
+                    "download of export %s broke off after %d bytes (%s); resuming (%d of %d)",
+                    export_id, partial.size, broken.__cause__, resume + 1, MAX_RESUMES,
+                )  # fmt: skip
+                time.sleep(RESUME_PAUSE_SECONDS[min(resume, len(RESUME_PAUSE_SECONDS) - 1)])
+        raise AssertionError("unreachable")
+
+    def _download_once(
+        self,
+        export_id: str,
+        out_dir: Path,
+        partial: _Partial | None,
+        expected_sha256: str,
+        progress: Progress | None,
+    ) -> Downloaded:
+        """Ask the API for the export (or its missing bytes) and receive the answer."""
         url = f"{self.base_url}/api/exports/{export_id}/download"
-        headers = {"Authorization": f"Bearer {self._token}"}
+        wanted = partial.resume_headers() if partial is not None else {}
+        headers = {"Authorization": f"Bearer {self._token}", **wanted}
         for _ in range(MAX_REDIRECTS + 1):
-            conn, response = _open("GET", url, headers, None, self._timeout)
+            try:
+                conn, response = _open("GET", url, headers, None, self._timeout)
+            except ApiError as exc:
+                if partial is not None and partial.size:
+                    raise _BrokenOffError(partial) from exc  # keep the bytes for the next try
+                raise
             try:
                 if response.status in (301, 302, 303, 307, 308):
                     location = response.getheader("Location") or ""
                     url = urljoin(url, location)
-                    headers = {}  # the bearer token is for the API, never for the object store
+                    headers = dict(wanted)  # the bearer token is for the API only
                     continue
-                if response.status != 200:
+                if response.status not in (200, 206):
+                    if partial is not None:
+                        partial.restart()
                     raise _error(response.status, response.read())
-                name = _file_name(export_id, response.getheader("Content-Disposition"), url)
-                return _save(
-                    response,
-                    out_dir / name,
-                    expected_sha256=expected_sha256,
-                    progress=progress,
-                )
+                if partial is None:
+                    name = _file_name(export_id, response.getheader("Content-Disposition"), url)
+                    target = out_dir / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    partial = _Partial(target.with_name(target.name + ".partial"))
+                return _receive(response, partial, expected_sha256=expected_sha256,
+                                progress=progress)  # fmt: skip
             finally:
                 conn.close()
         raise ApiError(0, f"more than {MAX_REDIRECTS} redirects downloading export {export_id}")
@@ -172,39 +247,53 @@ def _url_name(url: str) -> str:
     return posixpath.basename(urlsplit(url).path) or "download"
 
 
-def _save(
+def _receive(
     response: http.client.HTTPResponse,
-    target: Path,
+    partial: _Partial,
     *,
     expected_sha256: str,
     progress: Progress | None,
 ) -> Downloaded:
-    """Stream the body to `target` via a partial file, keeping it only if the digest matches."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    length_header = response.getheader("Content-Length")
-    total = int(length_header) if length_header and length_header.isdigit() else None
-    digest = hashlib.sha256()
-    size = 0
+    """Append the answer to the partial file (from scratch unless it is the range asked for);
+    keep the file under its name only if the whole object arrived with the expected digest."""
+    total = _answer_total(response, partial)
+    if response.status != 206:
+        partial.restart()
+    partial.etag = response.getheader("ETag")
+    target = partial.path.with_name(partial.path.name.removesuffix(".partial"))
     try:
-        with partial.open("wb") as sink:
+        with partial.path.open("ab" if partial.size else "wb") as sink:
             while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
-                digest.update(chunk)
+                partial.digest.update(chunk)
                 sink.write(chunk)
-                size += len(chunk)
+                partial.size += len(chunk)
                 if progress is not None:
-                    progress(size, total)
+                    progress(partial.size, total)
     except (OSError, http.client.HTTPException) as exc:
-        partial.unlink(missing_ok=True)
-        raise ApiError(0, f"download of {target.name} broke off after {size} bytes: {exc}") from exc
-    actual = digest.hexdigest()
+        raise _BrokenOffError(partial) from exc
+    if total is not None and partial.size < total:
+        raise _BrokenOffError(partial) from ApiError(0, f"got {partial.size} bytes of {total}")
+    actual = partial.digest.hexdigest()
+    size = partial.size
     if total is not None and size != total:
-        partial.unlink(missing_ok=True)
+        partial.restart()
         raise ApiError(0, f"{target.name}: got {size} bytes of {total}")
     if actual != expected_sha256.lower():
-        partial.unlink(missing_ok=True)
+        partial.restart()
         raise DigestMismatchError(
             f"{target.name}: SHA-256 {actual} differs from the recorded {expected_sha256}"
         )
-    os.replace(partial, target)
+    os.replace(partial.path, target)
     return Downloaded(target, size, actual)
+
+
+def _answer_total(response: http.client.HTTPResponse, partial: _Partial) -> int | None:
+    """Return the whole object's size; a range that does not continue the file is refused."""
+    if response.status == 206:
+        match = _CONTENT_RANGE.match(response.getheader("Content-Range") or "")
+        if match is None or int(match.group(1)) != partial.size:
+            partial.restart()
+            raise ApiError(206, f"the answer is not the range asked for ({partial.size}-)")
+        return int(match.group(3))
+    length = response.getheader("Content-Length")
+    return int(length) if length and length.isdigit() else None

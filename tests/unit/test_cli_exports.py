@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from exportctl.api_client import ApiClient, ApiError, DigestMismatchError, _error, _file_name, _save
+from exportctl.api_client import (
+    ApiClient,
+    ApiError,
+    DigestMismatchError,
+    _BrokenOffError,
+    _error,
+    _file_name,
+    _Partial,
+    _receive,
+)
 from exportctl.commands.exports import client_from_args
 from exportctl.follow import describe, settled
 from pipelines.errors import PermanentError
@@ -18,7 +27,9 @@ BODY = b"id,name\n1,Ada\n" * 10_000
 
 
 class Response(io.BytesIO):
-    """An HTTP response body with the one header `_save` reads."""
+    """A 200 answer's body with the headers `_receive` reads."""
+
+    status = 200
 
     def __init__(self, data: bytes, *, length: int | None = None) -> None:
         super().__init__(data)
@@ -32,11 +43,16 @@ def _args(**values: str | None) -> argparse.Namespace:
     return argparse.Namespace(api=values.get("api"), token=values.get("token"))
 
 
+def _partial(path: Path) -> _Partial:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _Partial(path.with_name(path.name + ".partial"))
+
+
 def test_matching_digest_keeps_the_file_and_reports_progress(tmp_path: Path) -> None:
     seen: list[int] = []
-    saved = _save(
+    saved = _receive(
         Response(BODY),  # type: ignore[arg-type]
-        tmp_path / "out" / "export.csv",
+        _partial(tmp_path / "out" / "export.csv"),
         expected_sha256=hashlib.sha256(BODY).hexdigest().upper(),
         progress=lambda done, total: seen.append(done),
     )
@@ -48,24 +64,28 @@ def test_matching_digest_keeps_the_file_and_reports_progress(tmp_path: Path) -> 
 
 def test_digest_mismatch_leaves_no_file_behind(tmp_path: Path) -> None:
     with pytest.raises(DigestMismatchError, match="differs"):
-        _save(
+        _receive(
             Response(BODY),  # type: ignore[arg-type]
-            tmp_path / "export.csv",
+            _partial(tmp_path / "export.csv"),
             expected_sha256="0" * 64,
             progress=None,
         )
     assert list(tmp_path.iterdir()) == []
 
 
-def test_short_body_is_an_error_and_leaves_no_file(tmp_path: Path) -> None:
-    with pytest.raises(ApiError, match="got 140000 bytes of 150000"):
-        _save(
+def test_a_short_body_keeps_what_arrived_for_a_resume(tmp_path: Path) -> None:
+    partial = _partial(tmp_path / "export.csv")
+    with pytest.raises(_BrokenOffError) as broken:
+        _receive(
             Response(BODY, length=len(BODY) + 10_000),  # type: ignore[arg-type]
-            tmp_path / "export.csv",
+            partial,
             expected_sha256=hashlib.sha256(BODY).hexdigest(),
             progress=None,
         )
-    assert list(tmp_path.iterdir()) == []
+    assert "got 140000 bytes of 150000" in str(broken.value.__cause__)
+    assert partial.size == len(BODY)
+    assert partial.path.read_bytes() == BODY
+    assert partial.resume_headers() == {}  # no ETag: nothing proves the rest is the same object
 
 
 def test_file_name_comes_from_the_server_but_never_leaves_the_folder() -> None:
