@@ -737,6 +737,16 @@ WITH exports AS (
                            AND (status <> 'running' OR lease_expires_at < now()))
                                                                                 AS abandoned_uploads
     FROM export_shards
+), due AS (
+    -- What the scheduler should already have fired: recurring occurrences and one-off requests.
+    SELECT next_run_at AS due_at FROM export_schedules WHERE NOT paused AND next_run_at < now()
+    UNION ALL
+    SELECT scheduled_at FROM export_requests WHERE status = 'pending' AND scheduled_at < now()
+), scheduling AS (
+    SELECT
+        count(*) FILTER (WHERE due_at < now() - interval '10 minutes')  AS overdue_scheduled_count,
+        extract(epoch FROM now() - min(due_at))::double precision       AS oldest_due_age_seconds
+    FROM due
 )
 SELECT
     exports.queued_count,
@@ -752,11 +762,15 @@ SELECT
     exports.awaiting_cleanup,
     exports.abandoned_uploads + shards.abandoned_uploads           AS abandoned_uploads,
     exports.oldest_queued_age_seconds,
-    exports.avg_duration_seconds_24h
-FROM exports CROSS JOIN shards;
+    exports.avg_duration_seconds_24h,
+    scheduling.overdue_scheduled_count,
+    scheduling.oldest_due_age_seconds
+FROM exports CROSS JOIN shards CROSS JOIN scheduling;
 COMMENT ON VIEW export_health_metrics IS
     'One row of operational health: backlog, stuck jobs (expired leases), outcomes and success '
-    'rate over the last 24 hours, verification backlog and failures, cleanup backlog.';
+    'rate over the last 24 hours, verification backlog and failures, cleanup backlog, and '
+    'scheduled exports not fired on time (the scheduler fires within seconds; 10 minutes late '
+    'means it is not running, so the backups it should take are not being taken).';
 
 CREATE OR REPLACE VIEW user_export_summary AS
 SELECT

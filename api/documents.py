@@ -139,6 +139,8 @@ HEALTH_FIELDS = (
     ("abandoned_uploads", "abandonedUploads"),
     ("oldest_queued_age_seconds", "oldestQueuedAgeSeconds"),
     ("avg_duration_seconds_24h", "avgDurationSeconds24h"),
+    ("overdue_scheduled_count", "overdueScheduledCount"),
+    ("oldest_due_age_seconds", "oldestDueAgeSeconds"),
 )
 
 

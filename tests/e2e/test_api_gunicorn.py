@@ -135,3 +135,22 @@ def test_readiness_and_metrics_answer(server: Server) -> None:
     assert headers["content-type"].startswith("text/plain")
     assert b"data_export_database_up 1.0" in body
     assert b"data_export_http_requests_total" in body
+
+
+def test_metrics_show_a_schedule_the_scheduler_left_unfired(server: Server) -> None:
+    owner = add_user(server.database_url)
+    with psycopg.connect(server.database_url) as conn:
+        conn.execute(
+            "INSERT INTO export_schedules (user_id, name, format, cron_expression, next_run_at)"
+            " VALUES (%s, 'nightly', 'json', '@daily', now() - interval '20 minutes')",
+            (owner,),
+        )
+    status, _, body = server.request("GET", "/metrics")
+    assert status == 200
+    gauges = dict(
+        line.split(" ", 1)
+        for line in body.decode().splitlines()
+        if line.startswith(("data_export_overdue_scheduled_count", "data_export_oldest_due_age"))
+    )
+    assert float(gauges["data_export_overdue_scheduled_count"]) == 1.0
+    assert float(gauges["data_export_oldest_due_age_seconds"]) >= 1200

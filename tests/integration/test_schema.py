@@ -684,6 +684,28 @@ def history(database_url: str) -> Iterator[History]:
             "export_shards",
             {"export_id": running_bulk, "shard_index": 1, **_completed(finished_at=at(minutes=2))},
         )
+        # What the scheduler should have fired: a schedule 20 minutes late and a request 30
+        # minutes late are overdue; a request 2 minutes late is due but not yet overdue; a
+        # paused schedule and a future one are neither, nor is a request already enqueued.
+        schedule = {
+            "user_id": alice,
+            "name": "nightly",
+            "format": "json",
+            "cron_expression": "@daily",
+        }
+        for columns in (
+            {"next_run_at": at(minutes=20)},
+            {"next_run_at": at(days=3), "paused": True, "paused_at": at(days=4)},
+            {"next_run_at": now + timedelta(hours=1)},
+        ):
+            _insert(connection, "export_schedules", {**schedule, **columns})
+        request = {"user_id": bob, "format": "csv"}
+        for columns in (
+            {"scheduled_at": at(minutes=30)},
+            {"scheduled_at": at(minutes=2)},
+            {"scheduled_at": at(hours=5), "status": "enqueued", "enqueued_at": at(hours=5)},
+        ):
+            _insert(connection, "export_requests", {**request, **columns})
 
         with connection.cursor(row_factory=dict_row) as cur:
             yield History(cur=cur, now=now, alice=alice, bob=bob)
@@ -707,6 +729,8 @@ def test_health_metrics_count_backlog_stuck_jobs_and_outcomes(history: History) 
             "abandoned_uploads": 2,
             "oldest_queued_age_seconds": 600.0,
             "avg_duration_seconds_24h": 20.0,
+            "overdue_scheduled_count": 2,
+            "oldest_due_age_seconds": 1800.0,
         }
     ]
 
