@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.errors import ExportError
 from pipelines.storage.s3_errors import translate_s3_error
-from workers import dispatch
+from workers import dispatch, metrics
 from workers.fanin import finalize_if_done
 from workers.lost_messages import Job
 from workers.rows import audit
@@ -155,6 +155,7 @@ def resend_lost_messages(
             if still_queued is None:
                 continue  # a worker took it since it was read: its message was not lost
             _resend(runtime, entry)
+            metrics.message_resent(kind=what)
             audit(
                 conn,
                 entry.export_id,

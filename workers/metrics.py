@@ -1,5 +1,5 @@
 """The workers' own Prometheus metrics: exports by outcome, rows, bytes, durations, verification,
-webhook calls.
+webhook calls, messages sent again.
 
 Worker processes write them with prometheus-client in multiprocess mode into the same folder as
 Dramatiq's Prometheus middleware (`dramatiq_prom_db`), so one exposition server
@@ -54,6 +54,7 @@ class _Instruments:
     verifications: Counter
     verify_durations: Histogram
     webhook_calls: Counter
+    messages_resent: Counter
 
 
 _lock = threading.Lock()
@@ -128,6 +129,13 @@ def _build() -> _Instruments:
             ["event", "outcome"],
             registry=registry,
         ),
+        messages_resent=prom.Counter(
+            "data_export_messages_resent",
+            "Messages of queued exports (kind=export) or bulk shards (kind=shard) sent again "
+            "because the broker no longer held them.",
+            ["kind"],
+            registry=registry,
+        ),
     )
 
 
@@ -182,3 +190,8 @@ def verification_ended(*, outcome: str, export_type: str, seconds: float) -> Non
 def webhook_attempted(*, event: str, outcome: str) -> None:
     """Count one attempt to send a webhook call, by what became of it."""
     _get().webhook_calls.labels(event, outcome).inc()
+
+
+def message_resent(*, kind: str) -> None:
+    """Count one lost message sent again (`kind` is "export" or "shard")."""
+    _get().messages_resent.labels(kind).inc()
