@@ -628,6 +628,9 @@ CREATE INDEX IF NOT EXISTS data_exports_open_upload_idx
 -- Verifier catch-up: completed exports not yet verified.
 CREATE INDEX IF NOT EXISTS data_exports_unverified_idx
     ON data_exports (finished_at) WHERE status = 'completed' AND verification_status = 'pending';
+-- Re-verification: stored exports whose last passed verification is oldest.
+CREATE INDEX IF NOT EXISTS data_exports_reverify_idx
+    ON data_exports (verified_at) WHERE status = 'completed' AND verification_status = 'passed';
 -- Schedule retention ("keep the last N") and the ON DELETE SET NULL of schedules and templates.
 CREATE INDEX IF NOT EXISTS data_exports_schedule_idx
     ON data_exports (schedule_id, created_at DESC) WHERE schedule_id IS NOT NULL;

@@ -193,6 +193,14 @@ SPECS: tuple[Spec, ...] = (
         "Days a finished export is kept before cleanup deletes it.",
     ),
     Spec(
+        "EXPORT_REVERIFY_DAYS",
+        "export_reverify_days",
+        _non_negative_int,
+        "7",
+        "Days after which a stored, verified export is verified again where it is stored, so a "
+        "lost or changed object is found before it is needed (0 = never).",
+    ),
+    Spec(
         "EXPORT_MAX_SIZE",
         "export_max_size",
         _positive_int,
@@ -379,6 +387,7 @@ class Settings:
     s3_presign_enabled: bool
     s3_export_prefix: str
     export_retention_days: int
+    export_reverify_days: int
     export_max_size: int
     export_bulk_max_size: int
     export_compression_enabled: bool

@@ -32,6 +32,7 @@ from workers.maintenance import (
     fail_stuck_exports,
     requeue_verifications,
     resend_lost_messages,
+    reverify_stored_exports,
 )
 from workers.metrics import use_multiprocess_dir
 from workers.runtime import Runtime
@@ -188,3 +189,13 @@ def deliver_webhooks_actor() -> None:
 def resend_lost_messages_actor() -> None:
     """Send again the messages of queued jobs the broker lost."""
     logger.info("cleanup: %d lost message(s) sent again", resend_lost_messages(RUNTIME))
+
+
+@dramatiq.actor(
+    actor_name=dispatch.REVERIFY_STORED_EXPORTS,
+    **_options(dispatch.MAINTENANCE_QUEUE, MAINTENANCE_TIME_LIMIT_MS, max_retries=2),
+)
+def reverify_stored_exports_actor() -> None:
+    """Queue verification again of stored exports verified long ago."""
+    logger.info("cleanup: %d stored export(s) queued for another verification",
+                reverify_stored_exports(RUNTIME))  # fmt: skip

@@ -45,6 +45,7 @@ FAIL_STUCK_EXPORTS: Final = "fail_stuck_exports"
 REQUEUE_VERIFICATIONS: Final = "requeue_verifications"
 DELIVER_WEBHOOKS: Final = "deliver_webhooks"
 RESEND_LOST_MESSAGES: Final = "resend_lost_messages"
+REVERIFY_STORED_EXPORTS: Final = "reverify_stored_exports"
 
 
 class Dispatcher:
@@ -75,11 +76,12 @@ class Dispatcher:
         self._send(VERIFY_QUEUE, VERIFY_EXPORT, export_id)
 
     def enqueue_cleanup(self) -> None:
-        """Queue a cleanup run: lost messages, stuck jobs, lost verifications, abandoned uploads,
-        expiry, and webhook calls still owed."""
+        """Queue a cleanup run: lost messages, stuck jobs, lost verifications, stored exports due
+        for another verification, abandoned uploads, expiry, and webhook calls still owed."""
         self._send(MAINTENANCE_QUEUE, RESEND_LOST_MESSAGES)
         self._send(MAINTENANCE_QUEUE, FAIL_STUCK_EXPORTS)
         self._send(MAINTENANCE_QUEUE, REQUEUE_VERIFICATIONS)
+        self._send(MAINTENANCE_QUEUE, REVERIFY_STORED_EXPORTS)
         self._send(MAINTENANCE_QUEUE, ABORT_ABANDONED_UPLOADS)
         self._send(MAINTENANCE_QUEUE, CLEANUP_EXPORTS)
         self._send(MAINTENANCE_QUEUE, DELIVER_WEBHOOKS)

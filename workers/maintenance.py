@@ -1,5 +1,6 @@
 """Maintenance: fail stuck jobs, resend lost messages, abort abandoned uploads, delete expired
-exports, re-verify, send the webhook calls a dead process left owed.
+exports, re-verify (lost verifier messages, and stored exports due for another check), send the
+webhook calls a dead process left owed.
 
 Each function is one idempotent sweep that any number of maintenance workers may run at once.
 A job is stuck when its lease expired longer ago than a redelivered message needs to resume it;
@@ -44,6 +45,10 @@ LOST_MESSAGE_GRACE_SECONDS: Final = 5 * 60
 # Times one job's message is sent again; a job that keeps losing it is left to the queued sweep.
 MAX_RESENDS: Final = 3
 RESENT_EVENT: Final = "export.message_resent"
+# Stored exports queued for another verification per sweep: a sweep runs every 5 minutes, so 50
+# re-verify 14,400 a day without flooding the verifiers.
+REVERIFY_BATCH: Final = 50
+REVERIFY_EVENT: Final = "verification.reverify_queued"
 # Rows handled per sweep, so one run stays short; the next run takes the rest.
 SWEEP_ROWS: Final = 500
 # Webhook calls one sweep sends itself: each may take the request timeout (5 s), so 60 stay well
@@ -317,6 +322,41 @@ def requeue_verifications(
                 export_id,
                 "verification.requeued",
                 f"still unverified {older_than_seconds} s after completing; verification queued",
+            )
+    return len(rows)
+
+
+def reverify_stored_exports(
+    runtime: Runtime, *, every_days: int | None = None, limit: int = REVERIFY_BATCH
+) -> int:
+    """Queue verification again for completed exports that passed it `every_days` (default
+    EXPORT_REVERIFY_DAYS) or more ago, so an object lost or changed in the bucket is found while
+    the export is still kept, not on the day it is needed. An export about to expire is skipped;
+    one queued in the last day and not verified since is not queued twice. Returns how many."""
+    days = runtime.settings.export_reverify_days if every_days is None else every_days
+    if days <= 0:
+        return 0
+    with runtime.connect() as conn:
+        rows = conn.execute(
+            "SELECT e.id::text, e.verified_at FROM data_exports e"
+            " WHERE e.status = 'completed' AND e.verification_status = 'passed'"
+            " AND e.purged_at IS NULL"
+            " AND e.verified_at < now() - make_interval(days => %s)"
+            " AND (e.expires_at IS NULL OR e.expires_at > now() + interval '1 hour')"
+            " AND NOT EXISTS (SELECT 1 FROM export_logs l WHERE l.export_id = e.id"
+            "  AND l.event = %s AND l.created_at > e.verified_at"
+            "  AND l.created_at > now() - interval '1 day')"
+            " ORDER BY e.verified_at LIMIT %s",
+            (days, REVERIFY_EVENT, limit),
+        ).fetchall()
+        for export_id, verified_at in rows:
+            runtime.queue.enqueue_verification(export_id)
+            audit(
+                conn,
+                export_id,
+                REVERIFY_EVENT,
+                f"last verified {verified_at.isoformat()}, {days} or more days ago; "
+                "verification queued again",
             )
     return len(rows)
 
