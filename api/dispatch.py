@@ -27,7 +27,7 @@ class Dispatcher(Protocol):
         """Queue a verification run of a completed export."""
 
     def enqueue_cleanup(self) -> None:
-        """Queue a cleanup run: expired exports, abandoned uploads, stuck jobs."""
+        """Queue a cleanup run: every maintenance sweep (lost messages, stuck jobs, expiry, ...)."""
 
 
 @dataclass(frozen=True)

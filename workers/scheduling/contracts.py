@@ -18,8 +18,8 @@ from pipelines.options import ExportOptions
 # Items fired per pass at most, so one pass stays short and a SIGTERM is honoured quickly;
 # a backlog larger than this drains over the next passes (seconds apart).
 MAX_ITEMS_PER_PASS: Final = 200
-# Maintenance sweeps (stuck jobs, lost verifications, abandoned uploads, expiry) every 5 min:
-# each is cheap and idempotent, and a stuck job is only declared after 15 min anyway.
+# Maintenance sweeps (lost messages, stuck jobs, verification, uploads, expiry, webhooks), every
+# 5 min: each is cheap and idempotent, and a stuck job is only declared after 15 min anyway.
 MAINTENANCE_EVERY_SECONDS: Final = 300
 
 FiredStatus = Literal["enqueued", "skipped", "failed"]
