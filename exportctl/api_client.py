@@ -37,9 +37,9 @@ MAX_REDIRECTS = 3
 MAX_RESUMES = 5
 RESUME_PAUSE_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 logger = logging.getLogger(__name__)
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 Progress = Callable[[int, int | None], None]
 
@@ -169,9 +169,12 @@ class ApiClient:
                     headers = dict(wanted)  # the bearer token is for the API only
                     continue
                 if response.status not in (200, 206):
+                    error = _error(response.status, response.read())
+                    if partial is not None and partial.size and response.status >= 500:
+                        raise _BrokenOffError(partial) from error  # the server may recover
                     if partial is not None:
                         partial.restart()
-                    raise _error(response.status, response.read())
+                    raise error
                 if partial is None:
                     name = _file_name(export_id, response.getheader("Content-Disposition"), url)
                     target = out_dir / name
@@ -292,8 +295,9 @@ def _answer_total(response: http.client.HTTPResponse, partial: _Partial) -> int 
     if response.status == 206:
         match = _CONTENT_RANGE.match(response.getheader("Content-Range") or "")
         if match is None or int(match.group(1)) != partial.size:
+            error = ApiError(206, f"the answer is not the range asked for ({partial.size}-)")
             partial.restart()
-            raise ApiError(206, f"the answer is not the range asked for ({partial.size}-)")
+            raise error
         return int(match.group(3))
     length = response.getheader("Content-Length")
     return int(length) if length and length.isdigit() else None
