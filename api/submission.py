@@ -7,7 +7,7 @@ a worker never receives an id it cannot find. When the broker refuses the messag
 row is marked `failed` with a reason (and loses its Idempotency-Key, so the client's retry makes
 a fresh attempt) rather than deleted: the audit trail refers to it. A process that dies between
 commit and enqueue leaves a `queued` row with no message, which maintenance sends again
-(`workers.maintenance.resend_lost_messages`).
+(`workers.lost_messages.resend_lost_messages`).
 The rate limit is the user's own (`export_permissions.rate_limit_per_hour`) when their grant
 has one, else the role's default.
 

@@ -25,13 +25,13 @@ from workers.attempt import Outcome
 from workers.broker import create_broker
 from workers.bulk import run_plan, run_shard
 from workers.config import WorkerSettings
+from workers.lost_messages import resend_lost_messages
 from workers.maintenance import (
     abort_abandoned_uploads,
     cleanup_exports,
     deliver_webhooks,
     fail_stuck_exports,
     requeue_verifications,
-    resend_lost_messages,
     reverify_stored_exports,
 )
 from workers.metrics import use_multiprocess_dir

@@ -1,6 +1,6 @@
-"""Maintenance: fail stuck jobs, resend lost messages, abort abandoned uploads, delete expired
-exports, re-verify (lost verifier messages, and stored exports due for another check), send the
-webhook calls a dead process left owed.
+"""Maintenance: fail stuck jobs, abort abandoned uploads, delete expired exports, re-verify (lost
+verifier messages, and stored exports due for another check), send the webhook calls a dead
+process left owed. Lost job messages are sent again by `workers.lost_messages`.
 
 Each function is one idempotent sweep that any number of maintenance workers may run at once.
 A job is stuck when its lease expired longer ago than a redelivered message needs to resume it;
@@ -10,7 +10,6 @@ an upload is abandoned when nothing running can still complete it. Every change 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -19,9 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.errors import ExportError
 from pipelines.storage.s3_errors import translate_s3_error
-from workers import dispatch, metrics
 from workers.fanin import finalize_if_done
-from workers.lost_messages import Job
 from workers.rows import audit
 from workers.runtime import Runtime
 from workers.state import fail_unleased
@@ -39,12 +36,6 @@ ABANDONED_UPLOAD_SECONDS: Final = 24 * 3600
 # A completed export still unverified this long after finishing lost its verifier message (the
 # broker was down when it was sent): a verification takes minutes at most, so 10 is generous.
 VERIFY_GRACE_SECONDS: Final = 10 * 60
-# A queued job is looked up in the broker only this long after it was queued or last sent: the
-# gap between committing a row and sending its message is milliseconds, so this is generous.
-LOST_MESSAGE_GRACE_SECONDS: Final = 5 * 60
-# Times one job's message is sent again; a job that keeps losing it is left to the queued sweep.
-MAX_RESENDS: Final = 3
-RESENT_EVENT: Final = "export.message_resent"
 # Stored exports queued for another verification per sweep: a sweep runs every 5 minutes, so 50
 # re-verify 14,400 a day without flooding the verifiers.
 REVERIFY_BATCH: Final = 50
@@ -101,130 +92,6 @@ def fail_stuck_exports(
     if failed:
         runtime.webhooks.wake()
     return failed
-
-
-@dataclass(frozen=True)
-class _QueuedJob:
-    """A job queued long enough that its message should be in the broker."""
-
-    job: Job
-    export_type: str  # "user", "bulk" (planning) or "shard"
-    priority: str
-    request_id: str | None
-    resends: int
-
-    @property
-    def export_id(self) -> str:
-        return self.job.args[0]
-
-    @property
-    def shard_id(self) -> str | None:
-        return self.job.args[1] if len(self.job.args) > 1 else None
-
-
-def resend_lost_messages(
-    runtime: Runtime,
-    *,
-    grace_seconds: int = LOST_MESSAGE_GRACE_SECONDS,
-    max_resends: int = MAX_RESENDS,
-) -> int:
-    """Send again the message of each queued export or shard the broker no longer holds.
-
-    Each resend is audited (`export.message_resent`) and counted; after `max_resends` a job is
-    left to `fail_stuck_exports`. Returns how many messages were sent again.
-    """
-    if runtime.live_jobs is None:
-        return 0  # the broker is not Redis: its messages cannot be read
-    resent = 0
-    with runtime.connect() as conn:
-        queued = {entry.job: entry for entry in _queued_jobs(conn, grace_seconds)}
-        if not queued:
-            return 0
-        present = runtime.live_jobs(queued.keys())
-        for entry in queued.values():
-            if entry.job in present:
-                continue
-            what = "shard" if entry.shard_id else "export"
-            if entry.resends >= max_resends:
-                logger.warning(
-                    "%s %s: message lost again after %d resends; left to the queued sweep",
-                    what, entry.shard_id or entry.export_id, entry.resends,
-                )  # fmt: skip
-                continue
-            table = "export_shards" if entry.shard_id else "data_exports"
-            still_queued = conn.execute(
-                f"UPDATE {table} SET updated_at = now() WHERE id = %s AND status = 'queued'"
-                " RETURNING id",
-                (entry.shard_id or entry.export_id,),
-            ).fetchone()
-            if still_queued is None:
-                continue  # a worker took it since it was read: its message was not lost
-            _resend(runtime, entry)
-            metrics.message_resent(kind=what)
-            audit(
-                conn,
-                entry.export_id,
-                RESENT_EVENT,
-                f"the {what} was queued over {grace_seconds} s and the broker no longer held its "
-                f"message; sent again ({entry.resends + 1} of {max_resends})",
-                level="warning",
-                shard_id=entry.shard_id,
-            )
-            resent += 1
-    return resent
-
-
-def _queued_jobs(conn: psycopg.Connection[Any], grace_seconds: int) -> list[_QueuedJob]:
-    """Return the exports and shards queued for over `grace_seconds`, oldest first."""
-    exports = conn.execute(
-        "SELECT e.id::text, e.export_type, e.priority, e.request_id,"
-        " (SELECT count(*) FROM export_logs l WHERE l.export_id = e.id"
-        "  AND l.shard_id IS NULL AND l.event = %s)"
-        " FROM data_exports e WHERE e.status = 'queued'"
-        " AND e.updated_at < now() - make_interval(secs => %s)"
-        " ORDER BY e.updated_at LIMIT %s",
-        (RESENT_EVENT, grace_seconds, SWEEP_ROWS),
-    ).fetchall()
-    shards = conn.execute(
-        "SELECT s.export_id::text, s.id::text,"
-        " (SELECT count(*) FROM export_logs l WHERE l.export_id = s.export_id"
-        "  AND l.shard_id = s.id AND l.event = %s)"
-        " FROM export_shards s JOIN data_exports e ON e.id = s.export_id"
-        " WHERE s.status = 'queued' AND e.status = 'running'"
-        " AND s.updated_at < now() - make_interval(secs => %s)"
-        " ORDER BY s.updated_at LIMIT %s",
-        (RESENT_EVENT, grace_seconds, SWEEP_ROWS),
-    ).fetchall()
-    jobs = [
-        _QueuedJob(
-            Job(dispatch.EXPORT_USER if kind == "user" else dispatch.PLAN_BULK_EXPORT, (row_id,)),
-            kind,
-            priority,
-            request_id,
-            int(resends),
-        )
-        for row_id, kind, priority, request_id, resends in exports
-    ]
-    jobs += [
-        _QueuedJob(
-            Job(dispatch.EXPORT_SHARD, (export_id, shard_id)), "shard", "normal", None, int(resends)
-        )
-        for export_id, shard_id, resends in shards
-    ]
-    return jobs
-
-
-def _resend(runtime: Runtime, entry: _QueuedJob) -> None:
-    """Send one lost job's message again, as its first sender did."""
-    queue = runtime.queue
-    if entry.shard_id is not None:
-        queue.enqueue_shard(entry.export_id, entry.shard_id)
-    elif entry.export_type == "user":
-        queue.enqueue_user_export(
-            entry.export_id, request_id=entry.request_id, priority=entry.priority
-        )
-    else:
-        queue.enqueue_bulk_export(entry.export_id, request_id=entry.request_id)
 
 
 def abort_abandoned_uploads(

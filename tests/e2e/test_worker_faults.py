@@ -38,7 +38,8 @@ from pipelines.storage.client import s3_client_from_settings
 from workers.broker import create_broker
 from workers.config import WorkerSettings
 from workers.dispatch import Dispatcher
-from workers.maintenance import fail_stuck_exports, requeue_verifications, resend_lost_messages
+from workers.lost_messages import resend_lost_messages
+from workers.maintenance import fail_stuck_exports, requeue_verifications
 from workers.runtime import Runtime
 
 if TYPE_CHECKING:

@@ -37,7 +37,7 @@ from workers.broker import create_broker
 from workers.bulk import run_plan
 from workers.config import WorkerSettings
 from workers.dispatch import Dispatcher
-from workers.maintenance import resend_lost_messages
+from workers.lost_messages import resend_lost_messages
 from workers.rows import header_from_row, options_from_row
 from workers.runtime import Runtime
 

@@ -23,8 +23,7 @@ from workers import dispatch
 from workers.broker import create_broker
 from workers.config import WorkerSettings
 from workers.dispatch import Dispatcher
-from workers.lost_messages import Job, present_jobs
-from workers.maintenance import MAX_RESENDS, RESENT_EVENT, resend_lost_messages
+from workers.lost_messages import MAX_RESENDS, RESENT_EVENT, Job, present_jobs, resend_lost_messages
 from workers.runtime import Runtime
 
 QUEUES = (*dispatch.USER_EXPORT_QUEUES.values(), dispatch.BULK_QUEUE)
