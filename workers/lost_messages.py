@@ -143,7 +143,7 @@ def resend_lost_messages(
             what = "shard" if entry.shard_id else "export"
             if entry.resends >= max_resends:
                 logger.warning(
-                    "%s %s: message lost again after %d resends; left to the queued sweep",
+                    "%s %s: message lost again after %d resends; left to the stuck-job sweep",
                     what, entry.shard_id or entry.export_id, entry.resends,
                 )  # fmt: skip
                 continue
