@@ -22,7 +22,7 @@ from pipelines.settings import Settings
 from pipelines.storage.client import s3_client_from_settings
 from workers import dispatch, metrics_server
 from workers.attempt import Outcome
-from workers.broker import create_broker
+from workers.broker import create_broker, log_broker_durability
 from workers.bulk import run_plan, run_shard
 from workers.config import WorkerSettings
 from workers.lost_messages import resend_lost_messages
@@ -69,6 +69,7 @@ def _runtime_from_env() -> Runtime:
     # keeps Dramatiq's module on loopback too should anything start its server.
     environ.setdefault(metrics_server.HOST_VARIABLE, metrics_server.DEFAULT_HOST)
     broker = create_broker(settings.effective_broker_url, metrics=True)
+    log_broker_durability(settings.effective_broker_url)
     dramatiq.set_broker(broker)
     for queue in dispatch.PRIORITY_QUEUES:  # export_user also runs from these
         broker.declare_queue(queue)

@@ -6,14 +6,17 @@ message. Prefetch is Dramatiq's `dramatiq_queue_prefetch` environment variable, 
 reads when it is imported: run workers with it equal to `--threads` (long jobs must not wait
 behind a prefetched message). Worker processes add Dramatiq's Prometheus middleware, exposed by
 the project's own server on 127.0.0.1 (`workers.metrics_server`); producers (the API, the
-scheduler) do not.
+scheduler) do not. Workers also read a Redis broker's configuration at start and log what in it
+can lose queued messages.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Final
 
+import redis
 from dramatiq import Broker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
@@ -27,6 +30,8 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
+
+logger = logging.getLogger(__name__)
 
 # Default retries of a retryable failure: with 5 s → 5 min exponential backoff, 5 retries ride
 # out a restart of PostgreSQL, Redis or the bucket without piling up retries for hours.
@@ -78,3 +83,46 @@ def create_broker(url: str, *, metrics: bool = False) -> Broker:
         # Publisher confirms: an enqueue returns only once RabbitMQ has taken the message.
         return RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)
     return RedisBroker(url=url, middleware=middleware)  # type: ignore[no-untyped-call]
+
+
+def redis_durability_problems(client: redis.Redis) -> list[str]:
+    """Return what in a Redis broker's configuration can lose queued messages (empty: nothing
+    seen, or CONFIG is not allowed, as on some managed services)."""
+    try:
+        policy = _config(client, "maxmemory-policy")
+        appendonly = _config(client, "appendonly")
+    except redis.ResponseError:
+        return []
+    problems = []
+    # Dramatiq's keys carry no expiry, so only the allkeys-* policies can evict them.
+    if policy.startswith("allkeys"):
+        problems.append(
+            f"maxmemory-policy is {policy}: Redis evicts queued messages when memory runs short; "
+            "set it to noeviction"
+        )
+    if appendonly == "no":
+        problems.append(
+            "appendonly is no: a Redis restart loses the messages queued since its last "
+            "snapshot; set appendonly yes"
+        )
+    return problems
+
+
+def log_broker_durability(url: str) -> None:
+    """Log each setting of a Redis broker at `url` that can lose queued messages."""
+    if url.startswith(("amqp://", "amqps://")):
+        return
+    client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        for problem in redis_durability_problems(client):
+            logger.error("broker: %s (maintenance resends lost messages, but not promptly)",
+                         problem)  # fmt: skip
+    except redis.RedisError as exc:
+        logger.warning("broker: could not read its configuration: %s", exc)
+    finally:
+        client.close()
+
+
+def _config(client: redis.Redis, name: str) -> str:
+    value = client.config_get(name).get(name, "")
+    return value.decode() if isinstance(value, bytes) else str(value)
