@@ -11,6 +11,7 @@ import dramatiq
 import psycopg
 import pytest
 import redis
+from api_support import add_user
 from dramatiq import Broker
 from worker_processes import worker_environment
 
@@ -60,22 +61,14 @@ def broker_client(runtime: Runtime) -> Iterator[redis.Redis]:
         client.close()
 
 
-def _user(conn: psycopg.Connection[Any]) -> str:
-    row = conn.execute(
-        "INSERT INTO users (id, email, display_name) VALUES (gen_random_uuid(),"
-        " 'lost@example.com', 'Lost') RETURNING id::text"
-    ).fetchone()
-    assert row is not None
-    return str(row[0])
-
-
 def _queued(
     runtime: Runtime, export_type: str = "user", *, priority: str = "normal", age: int = 600
 ) -> str:
     """Create a queued export, last touched `age` seconds ago, and send no message for it."""
+    user = str(add_user(runtime.settings.database_url))
     with connect(runtime.settings.database_url) as conn:
         options = parse_options("csv", {"compression": "zstd"}, default_compression="zstd")
-        new = NewExport(_user(conn), export_type, options, priority=priority)  # type: ignore[arg-type]
+        new = NewExport(user, export_type, options, priority=priority)  # type: ignore[arg-type]
         export_id = str(create_export(conn, new).row["id"])
         _age(conn, "data_exports", export_id, age)
         conn.commit()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from api_support import add_user
 
 from exportctl.seeding import seed_database
 from pipelines.database import connect
@@ -146,13 +147,8 @@ def make_outbox(
 def _failed_exports(database_url: str, count: int = 1) -> list[str]:
     """Create `count` exports and fail them, committed: each owes one call."""
     ids = []
+    user = str(add_user(database_url))
     with connect(database_url) as conn:
-        created = conn.execute(
-            "INSERT INTO users (id, email, display_name) VALUES (gen_random_uuid(),"
-            " 'hooks@example.com', 'Hooks') RETURNING id::text"
-        ).fetchone()
-        assert created is not None
-        user = created[0]
         options = parse_options("csv", {"compression": "zstd"}, default_compression="zstd")
         for _ in range(count):
             row = create_export(conn, NewExport(user, "user", options)).row
