@@ -23,10 +23,10 @@ class Dispatcher(Protocol):
     def enqueue_bulk_export(self, export_id: str, *, request_id: str | None = None) -> None:
         """Queue the planning of a bulk export."""
 
-    def enqueue_verification(self, export_id: str) -> None:
+    def enqueue_verification(self, export_id: str, *, request_id: str | None = None) -> None:
         """Queue a verification run of a completed export."""
 
-    def enqueue_cleanup(self) -> None:
+    def enqueue_cleanup(self, *, request_id: str | None = None) -> None:
         """Queue a cleanup run: every maintenance sweep (lost messages, stuck jobs, expiry, ...)."""
 
 
@@ -61,13 +61,13 @@ class RecordingDispatcher:
         """Record a bulk-export message."""
         self._record(Message("bulk_export", export_id, request_id))
 
-    def enqueue_verification(self, export_id: str) -> None:
+    def enqueue_verification(self, export_id: str, *, request_id: str | None = None) -> None:
         """Record a verification message."""
-        self._record(Message("verification", export_id))
+        self._record(Message("verification", export_id, request_id))
 
-    def enqueue_cleanup(self) -> None:
+    def enqueue_cleanup(self, *, request_id: str | None = None) -> None:
         """Record a cleanup message."""
-        self._record(Message("cleanup", None))
+        self._record(Message("cleanup", None, request_id))
 
     def of_kind(self, kind: str) -> list[Message]:
         """Return the recorded messages of one kind, oldest first."""

@@ -2,7 +2,8 @@
 
 One place decides which columns a client sees and how they are named (camelCase, ISO 8601
 times, ids as strings). Internal columns (leases, fencing tokens, upload ids, idempotency
-fingerprints, audit details) never leave the server.
+fingerprints, audit details) never leave the server, nor does the raw text of a failure:
+clients read the fixed wording of `api.public_text`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
+
+from api.public_text import error_message, event_message
 
 EXPORTS_PATH = "/api/exports"
 
@@ -48,7 +51,11 @@ def export_document(row: Mapping[str, Any]) -> dict[str, Any]:
         "sha256": row["sha256"],
         "contentSha256": row["content_sha256"],
         "compressionRatio": _number(row["compression_ratio"]),
-        "error": ({"code": row["error_code"], "message": row["error_message"]} if failed else None),
+        "error": (
+            {"code": row["error_code"], "message": error_message(row["error_code"])}
+            if failed
+            else None
+        ),
         "verification": {
             "status": row["verification_status"],
             "verifiedAt": _time(row["verified_at"]),
@@ -80,7 +87,7 @@ def status_document(
             "at": _time(entry["created_at"]),
             "event": entry["event"],
             "level": entry["level"],
-            "message": entry["message"],
+            "message": event_message(entry["event"]),
             "actorType": entry["actor_type"],
         }
         for entry in logs

@@ -32,6 +32,12 @@ logger = logging.getLogger(__name__)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # Seconds: the API's answers take about a millisecond; the top buckets catch a stuck backend.
 LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Methods counted under their own name. gunicorn passes any token of capitals as a method, and
+# requests are counted before they are authenticated: every other method shares the label
+# "OTHER", so nobody can grow the series (and each scrape) by inventing methods.
+COUNTED_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
 
 # Seconds one reading of the broker and of the stored bytes serves: scrapers and dashboards
 # asking within a few seconds of each other share it, and Redis and PostgreSQL see at most one
@@ -284,7 +290,8 @@ class MetricsMiddleware:
         """Record the request's route, status and duration."""
         started = getattr(req.context, "metrics_started", None)
         route = req.uri_template or "unrouted"
-        method, status = req.method, resp.status_code
+        method = req.method if req.method in COUNTED_METHODS else "OTHER"
+        status = resp.status_code
         counter = self._counted.get((method, route, status))
         if counter is None:
             counter = self._metrics.requests.labels(method, route, str(status))

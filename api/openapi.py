@@ -32,7 +32,8 @@ from api.queries import (
     MAX_OFFSET,
     MAX_PAGE_SIZE,
 )
-from pipelines.options import FORMATS
+from pipelines.manifest import content_type
+from pipelines.options import COMPRESSIONS, FORMATS
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
@@ -74,12 +75,13 @@ def _stream_headers() -> dict[str, Schema]:
     }
 
 
-def _octet_stream() -> Schema:
-    return {
-        "application/octet-stream": {
-            "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
-        }
-    }
+def _export_bytes() -> Schema:
+    """Every Content-Type a data object is served with: its format's, or its compression's.
+
+    No schema: the body is the export file itself, whatever its format (`docs/formats.md`).
+    """
+    served = sorted({content_type(name, kind) for name in FORMATS for kind in COMPRESSIONS})
+    return {media_type: {} for media_type in served}
 
 
 def _idempotency() -> Schema:
@@ -248,7 +250,7 @@ def _paths() -> Schema:
                     "200": {
                         "description": "The export's bytes, streamed (presigning off).",
                         "headers": _stream_headers(),
-                        "content": _octet_stream(),
+                        "content": _export_bytes(),
                     },
                     "206": {
                         "description": "The requested range of the export's bytes, streamed.",
@@ -262,7 +264,7 @@ def _paths() -> Schema:
                                 "required": True,
                             },
                         },
-                        "content": _octet_stream(),
+                        "content": _export_bytes(),
                     },
                     "302": {
                         "description": "Redirect to a short-lived presigned URL.",

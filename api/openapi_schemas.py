@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from api.openapi_responses import Schema, nullable, ref
 from api.problems import PROBLEM_BASE_URI
+from api.public_text import ERROR_MESSAGES
 from api.queries import EXPORT_STATUSES, MAX_LOG_WINDOW, MAX_OFFSET, MAX_PAGE_SIZE
 from pipelines.options import COMPRESSIONS, FORMATS
 
@@ -51,9 +52,18 @@ def component_schemas() -> Schema:
         "error": nullable(
             {
                 "type": "object",
+                "description": (
+                    "Why the export failed: a stable code and a fixed sentence per code saying "
+                    "what happened and what to do. The raw cause stays in the workers' log."
+                ),
                 "properties": {
-                    "code": nullable({"type": "string"}),
-                    "message": nullable({"type": "string"}),
+                    "code": nullable(
+                        {
+                            "type": "string",
+                            "examples": sorted(ERROR_MESSAGES),
+                        }
+                    ),
+                    "message": {"type": "string"},
                 },
                 "required": ["code", "message"],
             }
@@ -84,7 +94,10 @@ def component_schemas() -> Schema:
             "at": timestamp,
             "event": {"type": "string"},
             "level": {"type": "string", "enum": ["debug", "info", "warning", "error"]},
-            "message": {"type": "string"},
+            "message": {
+                "type": "string",
+                "description": "A fixed sentence per event; the raw detail stays with operators.",
+            },
             "actorType": {
                 "type": "string",
                 "enum": ["user", "admin", "worker", "scheduler", "system"],

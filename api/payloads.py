@@ -44,6 +44,10 @@ def read_json_object(req: falcon.Request) -> dict[str, Any]:
         media = req.get_media(default_when_empty=_NO_BODY)
     except falcon.MediaMalformedError as exc:
         raise ProblemError("invalid-request", "The request body is not valid JSON.") from exc
+    except RecursionError as exc:
+        # The JSON parser recurses once per level: a body of a few thousand "[" is valid JSON
+        # that no request of this API resembles.
+        raise ProblemError("invalid-request", "The request body is nested too deeply.") from exc
     if media is _NO_BODY:
         return {}
     if not isinstance(media, dict):

@@ -18,6 +18,9 @@ scopes narrow what one token may do.
    A token with no `exports:*` scope may do whatever its role and grant allow.
 4. Visibility: a user sees only their own exports; anyone else's export answers 404 exactly as
    a missing one does, so export ids cannot be probed.
+5. Accounts: a token whose `sub` is no application user, or a user the application has
+   soft-deleted (`users.deleted_at` set), may not start exports (403), as the scheduler does
+   not fire their schedules.
 """
 
 from __future__ import annotations
@@ -106,14 +109,15 @@ def load_grant(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> Grant:
 
 
 def load_account_grant(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> Grant | None:
-    """Return an application user's grant (as `load_grant`), or None if there is no such user."""
+    """Return an application user's grant (as `load_grant`), or None if there is no such user
+    or the application has deleted the account."""
     # One round trip for "does the user exist" and "what may they do": this runs on every
     # export request.
     with conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute(
             f"SELECT p.user_id IS NOT NULL AS has_row, {_GRANT_COLUMNS}"
             " FROM users u LEFT JOIN export_permissions p"
-            f" ON p.user_id = u.id AND {_ACTIVE} WHERE u.id = %s",
+            f" ON p.user_id = u.id AND {_ACTIVE} WHERE u.id = %s AND u.deleted_at IS NULL",
             (user_id,),
         )
         row = cursor.fetchone()

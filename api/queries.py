@@ -57,24 +57,24 @@ MAX_LOG_WINDOW = 500
 # and COMMIT. The window is taken newest first, `export_logs_export_idx` (export_id, id) read
 # backwards, and aggregated oldest first.
 _EXPORT_WITH_LOGS = """
-    SELECT e.*, l.log_created_at, l.log_event, l.log_level, l.log_message, l.log_actor_type,
+    SELECT e.*, l.log_created_at, l.log_event, l.log_level, l.log_actor_type,
            (SELECT count(*) FROM export_logs WHERE export_id = e.id) AS log_total
     FROM data_exports e
     CROSS JOIN LATERAL (
         SELECT array_agg(w.created_at ORDER BY w.id) AS log_created_at,
                array_agg(w.event ORDER BY w.id) AS log_event,
                array_agg(w.level ORDER BY w.id) AS log_level,
-               array_agg(w.message ORDER BY w.id) AS log_message,
                array_agg(w.actor_type ORDER BY w.id) AS log_actor_type
         FROM (
-            SELECT id, created_at, event, level, message, actor_type
+            SELECT id, created_at, event, level, actor_type
             FROM export_logs WHERE export_id = e.id
             ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s
         ) w
     ) l
     WHERE e.id = %(export_id)s
 """
-_LOG_FIELDS = ("created_at", "event", "level", "message", "actor_type")
+# No message: workers write the raw cause there, and clients read `api.public_text` instead.
+_LOG_FIELDS = ("created_at", "event", "level", "actor_type")
 
 
 @dataclass(frozen=True)

@@ -158,11 +158,14 @@ def _instant(
             moment = datetime.combine(day, time.min, tzinfo=UTC)
             return moment + timedelta(days=1) if end_of_day else moment
         parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            problems[field] = "a date-time needs a UTC offset, e.g. 2024-01-31T23:59:59Z"
+            return None
+        # An inclusive end instant becomes an exclusive bound one microsecond later.
+        return parsed + timedelta(microseconds=1) if end_of_day else parsed
     except ValueError:
         problems[field] = f"malformed date {value!r}: use YYYY-MM-DD or an ISO 8601 date-time"
-        return None
-    if parsed.tzinfo is None:
-        problems[field] = "a date-time needs a UTC offset, e.g. 2024-01-31T23:59:59Z"
-        return None
-    # An inclusive end instant becomes an exclusive bound one microsecond later.
-    return parsed + timedelta(microseconds=1) if end_of_day else parsed
+    except OverflowError:
+        # The exclusive bound after the last representable instant does not exist.
+        problems[field] = "must be before 9999-12-31; leave the end out for no upper bound"
+    return None

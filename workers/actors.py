@@ -132,9 +132,9 @@ def export_shard(export_id: str, shard_id: str) -> None:
 @dramatiq.actor(
     actor_name=dispatch.VERIFY_EXPORT, **_options(dispatch.VERIFY_QUEUE, VERIFY_TIME_LIMIT_MS)
 )
-def verify_export(export_id: str) -> None:
+def verify_export(export_id: str, request_id: str | None = None) -> None:
     """Verify a completed export and record its analytics."""
-    with log_context(export_id=export_id):
+    with log_context(export_id=export_id, request_id=request_id):
         run_verification(RUNTIME, export_id)
 
 
@@ -142,61 +142,68 @@ def verify_export(export_id: str) -> None:
     actor_name=dispatch.CLEANUP_EXPORTS,
     **_options(dispatch.MAINTENANCE_QUEUE, MAINTENANCE_TIME_LIMIT_MS, max_retries=2),
 )
-def cleanup_exports_actor() -> None:
+def cleanup_exports_actor(request_id: str | None = None) -> None:
     """Delete exports past their retention."""
-    logger.info("cleanup: %d export(s) expired", cleanup_exports(RUNTIME))
+    with log_context(request_id=request_id):
+        logger.info("cleanup: %d export(s) expired", cleanup_exports(RUNTIME))
 
 
 @dramatiq.actor(
     actor_name=dispatch.ABORT_ABANDONED_UPLOADS,
     **_options(dispatch.MAINTENANCE_QUEUE, MAINTENANCE_TIME_LIMIT_MS, max_retries=2),
 )
-def abort_abandoned_uploads_actor() -> None:
+def abort_abandoned_uploads_actor(request_id: str | None = None) -> None:
     """Abort multipart uploads nothing can complete."""
-    logger.info("cleanup: %d upload(s) aborted", abort_abandoned_uploads(RUNTIME))
+    with log_context(request_id=request_id):
+        logger.info("cleanup: %d upload(s) aborted", abort_abandoned_uploads(RUNTIME))
 
 
 @dramatiq.actor(
     actor_name=dispatch.FAIL_STUCK_EXPORTS,
     **_options(dispatch.MAINTENANCE_QUEUE, MAINTENANCE_TIME_LIMIT_MS, max_retries=2),
 )
-def fail_stuck_exports_actor() -> None:
+def fail_stuck_exports_actor(request_id: str | None = None) -> None:
     """Fail jobs whose worker died and that nobody resumed."""
-    logger.info("cleanup: %d stuck job(s) failed", fail_stuck_exports(RUNTIME))
+    with log_context(request_id=request_id):
+        logger.info("cleanup: %d stuck job(s) failed", fail_stuck_exports(RUNTIME))
 
 
 @dramatiq.actor(
     actor_name=dispatch.REQUEUE_VERIFICATIONS,
     **_options(dispatch.MAINTENANCE_QUEUE, MAINTENANCE_TIME_LIMIT_MS, max_retries=2),
 )
-def requeue_verifications_actor() -> None:
+def requeue_verifications_actor(request_id: str | None = None) -> None:
     """Queue verification again where the verifier's message was lost."""
-    logger.info("cleanup: %d verification(s) queued again", requeue_verifications(RUNTIME))
+    with log_context(request_id=request_id):
+        logger.info("cleanup: %d verification(s) queued again", requeue_verifications(RUNTIME))
 
 
 @dramatiq.actor(
     actor_name=dispatch.DELIVER_WEBHOOKS,
     **_options(dispatch.MAINTENANCE_QUEUE, MAINTENANCE_TIME_LIMIT_MS, max_retries=2),
 )
-def deliver_webhooks_actor() -> None:
+def deliver_webhooks_actor(request_id: str | None = None) -> None:
     """Send the webhook calls still owed."""
-    logger.info("cleanup: %d webhook call(s) attempted", deliver_webhooks(RUNTIME))
+    with log_context(request_id=request_id):
+        logger.info("cleanup: %d webhook call(s) attempted", deliver_webhooks(RUNTIME))
 
 
 @dramatiq.actor(
     actor_name=dispatch.RESEND_LOST_MESSAGES,
     **_options(dispatch.MAINTENANCE_QUEUE, MAINTENANCE_TIME_LIMIT_MS, max_retries=2),
 )
-def resend_lost_messages_actor() -> None:
+def resend_lost_messages_actor(request_id: str | None = None) -> None:
     """Send again the messages of queued jobs the broker lost."""
-    logger.info("cleanup: %d lost message(s) sent again", resend_lost_messages(RUNTIME))
+    with log_context(request_id=request_id):
+        logger.info("cleanup: %d lost message(s) sent again", resend_lost_messages(RUNTIME))
 
 
 @dramatiq.actor(
     actor_name=dispatch.REVERIFY_STORED_EXPORTS,
     **_options(dispatch.MAINTENANCE_QUEUE, MAINTENANCE_TIME_LIMIT_MS, max_retries=2),
 )
-def reverify_stored_exports_actor() -> None:
+def reverify_stored_exports_actor(request_id: str | None = None) -> None:
     """Queue verification again of stored exports verified long ago."""
-    logger.info("cleanup: %d stored export(s) queued for another verification",
-                reverify_stored_exports(RUNTIME))  # fmt: skip
+    with log_context(request_id=request_id):
+        queued = reverify_stored_exports(RUNTIME)
+        logger.info("cleanup: %d stored export(s) queued for another verification", queued)

@@ -46,6 +46,17 @@ REQUEUE_VERIFICATIONS: Final = "requeue_verifications"
 DELIVER_WEBHOOKS: Final = "deliver_webhooks"
 RESEND_LOST_MESSAGES: Final = "resend_lost_messages"
 REVERIFY_STORED_EXPORTS: Final = "reverify_stored_exports"
+# A cleanup run, in the order its messages are sent: lost messages first (a resent job is then
+# not failed as stuck), expiry after the verifications, owed webhook calls last.
+MAINTENANCE_SWEEPS: Final = (
+    RESEND_LOST_MESSAGES,
+    FAIL_STUCK_EXPORTS,
+    REQUEUE_VERIFICATIONS,
+    REVERIFY_STORED_EXPORTS,
+    ABORT_ABANDONED_UPLOADS,
+    CLEANUP_EXPORTS,
+    DELIVER_WEBHOOKS,
+)
 
 
 class Dispatcher:
@@ -71,20 +82,15 @@ class Dispatcher:
         """Queue one shard of a bulk export."""
         self._send(BULK_QUEUE, EXPORT_SHARD, export_id, shard_id)
 
-    def enqueue_verification(self, export_id: str) -> None:
+    def enqueue_verification(self, export_id: str, *, request_id: str | None = None) -> None:
         """Queue a verification run of a completed export."""
-        self._send(VERIFY_QUEUE, VERIFY_EXPORT, export_id)
+        self._send(VERIFY_QUEUE, VERIFY_EXPORT, export_id, request_id=request_id)
 
-    def enqueue_cleanup(self) -> None:
+    def enqueue_cleanup(self, *, request_id: str | None = None) -> None:
         """Queue a cleanup run: lost messages, stuck jobs, lost verifications, stored exports due
         for another verification, abandoned uploads, expiry, and webhook calls still owed."""
-        self._send(MAINTENANCE_QUEUE, RESEND_LOST_MESSAGES)
-        self._send(MAINTENANCE_QUEUE, FAIL_STUCK_EXPORTS)
-        self._send(MAINTENANCE_QUEUE, REQUEUE_VERIFICATIONS)
-        self._send(MAINTENANCE_QUEUE, REVERIFY_STORED_EXPORTS)
-        self._send(MAINTENANCE_QUEUE, ABORT_ABANDONED_UPLOADS)
-        self._send(MAINTENANCE_QUEUE, CLEANUP_EXPORTS)
-        self._send(MAINTENANCE_QUEUE, DELIVER_WEBHOOKS)
+        for sweep in MAINTENANCE_SWEEPS:
+            self._send(MAINTENANCE_QUEUE, sweep, request_id=request_id)
 
     def _send(self, queue: str, actor: str, *args: str, **kwargs: Any) -> None:
         message: dramatiq.Message[Any] = dramatiq.Message(

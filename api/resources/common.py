@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import falcon
@@ -19,6 +20,7 @@ from api.submission import Origin
 from pipelines.jobs import get_export
 
 NOT_FOUND_DETAIL = "No export with this id."
+GONE_DETAIL = "The export has expired; its data is deleted."
 
 
 def principal_of(req: falcon.Request) -> Principal:
@@ -51,6 +53,18 @@ def visible_export(
     if row is None or not can_view(principal, row):
         raise ProblemError("not-found", NOT_FOUND_DETAIL)
     return row
+
+
+def refuse_if_gone(row: dict[str, Any]) -> None:
+    """Answer 410 for an export past its retention, whether or not cleanup has deleted it yet.
+
+    Until the cleanup sweep runs, an export past `expires_at` still reads as completed; it is
+    gone for clients the moment its retention ends, not whenever the sweep comes round.
+    """
+    expires_at = row["expires_at"]
+    lapsed = expires_at is not None and expires_at <= datetime.now(UTC)
+    if row["status"] == "expired" or row["purged_at"] is not None or lapsed:
+        raise ProblemError("gone", GONE_DETAIL)
 
 
 def visible_export_with_logs(

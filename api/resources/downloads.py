@@ -29,19 +29,22 @@ from api.objects import (
 )
 from api.permissions import Action, actor_type, require
 from api.problems import ProblemError
-from api.resources.common import origin_of, principal_of, visible_export
+from api.resources.common import (
+    GONE_DETAIL,
+    origin_of,
+    principal_of,
+    refuse_if_gone,
+    visible_export,
+)
 from pipelines.jobs import append_log
 from pipelines.manifest import content_type
 from pipelines.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-GONE_DETAIL = "The export has expired; its data is deleted."
-
 
 def _check_downloadable(row: dict[str, Any]) -> None:
-    if row["status"] == "expired" or row["purged_at"] is not None:
-        raise ProblemError("gone", GONE_DETAIL)
+    refuse_if_gone(row)
     if row["status"] != "completed" or row["object_key"] is None:
         raise ProblemError(
             "conflict", f"Only completed exports can be downloaded; this one is {row['status']}."

@@ -41,6 +41,7 @@ from api.ratelimit import apply_rate_limit_headers
 from api.resources.common import (
     origin_of,
     principal_of,
+    refuse_if_gone,
     send_json,
     send_page,
     visible_export,
@@ -171,8 +172,7 @@ class ExportVerifyResource:
         origin = origin_of(req)
         with self._database.transaction() as conn:
             row = visible_export(conn, principal, export_id)
-            if row["status"] == "expired" or row["purged_at"] is not None:
-                raise ProblemError("gone", "The export has expired; its data is deleted.")
+            refuse_if_gone(row)
             if row["status"] != "completed":
                 raise ProblemError(
                     "conflict",
@@ -180,7 +180,7 @@ class ExportVerifyResource:
                 )
             # Verification only reads and reports, so a repeated message is harmless. Sending it
             # inside the transaction means the audit entry exists only if the message went out.
-            self._dispatcher.enqueue_verification(str(row["id"]))
+            self._dispatcher.enqueue_verification(str(row["id"]), request_id=origin.request_id)
             append_log(
                 conn,
                 event="verification.requested",
@@ -210,7 +210,7 @@ class CleanupResource:
         if read_json_object(req):
             raise invalid_request({"": "this request takes no body (or an empty object)"})
         origin = origin_of(req)
-        self._dispatcher.enqueue_cleanup()
+        self._dispatcher.enqueue_cleanup(request_id=origin.request_id)
         with self._database.transaction() as conn:
             append_log(
                 conn,

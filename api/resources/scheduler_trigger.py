@@ -9,7 +9,7 @@ from __future__ import annotations
 import falcon
 
 from api.payloads import read_json_object
-from api.problems import ProblemError, invalid_request
+from api.problems import UNAVAILABLE_RETRY_AFTER_SECONDS, ProblemError, invalid_request
 from api.resources.common import send_json
 from workers.scheduling.process import PassRunner
 
@@ -27,7 +27,11 @@ class ProcessScheduledResource:
         if read_json_object(req):
             raise invalid_request({"": "this request takes no body (or an empty object)"})
         if self._scheduler is None:
-            raise ProblemError("service-unavailable", "Scheduling is not configured here.")
+            raise ProblemError(
+                "service-unavailable",
+                "Scheduling is not configured here.",
+                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+            )
         report = self._scheduler.run_pass()
         send_json(
             resp,

@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from worker_processes import as_url, free_port, fresh_redis_url, seed
 
+from api.public_text import error_message
 from exportctl.api_client import ApiClient
 from exportctl.commands.token import mint_token
 from exportctl.supervisor import Supervisor, load_procfile, with_bin_dir
@@ -238,4 +239,7 @@ def test_procfile_processes_count_an_export_in_metrics_and_call_the_webhook_on_f
     assert headers[EVENT_HEADER.lower()] == event["event"] == "export.failed"
     assert headers[DELIVERY_HEADER.lower()] == event["deliveryId"]
     assert event["export"]["id"] == export["id"]
-    assert event["export"]["error"]["message"] == export["error"]["message"]
+    # The receiver is the operator's: it gets the raw cause, which clients never see.
+    assert event["export"]["error"]["code"] == export["error"]["code"] == "size_limit"
+    assert export["error"]["message"] == error_message("size_limit")
+    assert "EXPORT_MAX_SIZE" in event["export"]["error"]["message"]

@@ -101,6 +101,10 @@ def test_streamed_download_sends_the_object_and_is_audited(
     assert result.status_code == 200
     assert result.content == DATA
     assert result.headers["content-type"] == "application/json"
+    documented = client.simulate_get("/openapi.json").json["paths"][
+        "/api/exports/{exportId}/download"
+    ]["get"]["responses"]["200"]["content"]
+    assert result.headers["content-type"] in documented
     assert result.headers["content-length"] == str(len(DATA))
     assert "attachment" in result.headers["content-disposition"]
     [entry] = _download_logs(database_url, export_id)
@@ -129,6 +133,28 @@ def test_expired_export_answers_410(
     result = client.simulate_get(f"/api/exports/{export_id}/download", headers=auth(user))
     assert result.status_code == 410
     assert result.json["type"].endswith("/gone")
+
+
+@pytest.mark.parametrize("presign", [True, False])
+def test_export_past_its_retention_answers_410_before_cleanup_runs(
+    database: ThreadLocalDatabase,
+    database_url: str,
+    s3_client: S3Client,
+    s3_bucket: str,
+    presign: bool,
+) -> None:
+    client = _client(database, s3_client, s3_bucket, presign=presign)
+    user, export_id = _completed_export(client, database_url, s3_client, s3_bucket)
+    with connect(database_url) as conn:
+        conn.execute(
+            "UPDATE data_exports SET expires_at = now() - interval '1 second' WHERE id = %s",
+            (export_id,),
+        )
+        conn.commit()
+    result = client.simulate_get(f"/api/exports/{export_id}/download", headers=auth(user))
+    assert result.status_code == 410
+    assert result.json["type"].endswith("/gone")
+    assert _download_logs(database_url, export_id) == []
 
 
 def test_streamed_download_of_a_vanished_object_answers_410(

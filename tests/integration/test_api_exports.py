@@ -24,9 +24,9 @@ from api_support import add_user, auth, build_client, complete, make_settings
 from api.database import ThreadLocalDatabase
 from api.dispatch import RecordingDispatcher, broker_down
 from api.openapi import build_spec
+from api.public_text import ENQUEUE_FAILED_CODE, error_message, event_message
 from api.queries import DEFAULT_LOG_WINDOW, MAX_LOG_WINDOW, MAX_OFFSET
 from api.ratelimit import RateLimiter, create_redis
-from api.submission import ENQUEUE_FAILED_CODE
 from pipelines.database import connect
 from pipelines.jobs import NewExport, append_log, create_export, export_logs
 from pipelines.logs import JsonFormatter
@@ -126,7 +126,7 @@ def test_status_lists_a_short_trail_whole_oldest_first_as_the_trail_holds_them(a
             "at": entry["created_at"].isoformat(),
             "event": entry["event"],
             "level": entry["level"],
-            "message": entry["message"],
+            "message": event_message(entry["event"]),
             "actorType": entry["actor_type"],
         }
         for entry in trail
@@ -139,6 +139,46 @@ def test_status_lists_a_short_trail_whole_oldest_first_as_the_trail_holds_them(a
         "limit": DEFAULT_LOG_WINDOW,
         "offset": 0,
     }
+
+
+def test_raw_failure_text_never_reaches_the_owner(api: Api) -> None:
+    user = add_user(api.database_url)
+    export_id = create(api, user).json["export"]["id"]
+    internal = (
+        "gave up after 3 attempts; last error: UploadPart users/x/export.json failed: Could not"
+        ' connect to the endpoint URL: "http://minio.internal.corp:9000/prod-exports/users/x"'
+        " (lease holder worker-7.internal pid 4242, upload 2~AbCdEf)"
+    )
+    with connect(api.database_url) as conn:
+        conn.execute(
+            "UPDATE data_exports SET status = 'failed', error_code = 'attempts_exhausted',"
+            " error_message = %s, finished_at = now() WHERE id = %s",
+            (internal, export_id),
+        )
+        append_log(
+            conn, event="export.retrying", message=internal, actor_type="worker",
+            export_id=export_id, level="warning",
+        )  # fmt: skip
+        append_log(
+            conn, event="export.failed", message=internal, actor_type="worker",
+            export_id=export_id, level="error",
+        )  # fmt: skip
+        conn.commit()
+
+    status = api.client.simulate_get(f"/api/exports/{export_id}/status", headers=auth(user))
+    listed = api.client.simulate_get("/api/exports", headers=auth(user))
+
+    assert status.status_code == listed.status_code == 200
+    for answer in (status, listed):
+        assert "internal" not in answer.text
+        assert "2~AbCdEf" not in answer.text
+    error = status.json["export"]["error"]
+    assert error == {"code": "attempts_exhausted", "message": error_message("attempts_exhausted")}
+    assert [entry["message"] for entry in status.json["export"]["logs"]] == [
+        event_message("export.requested"),
+        event_message("export.retrying"),
+        event_message("export.failed"),
+    ]
 
 
 def test_status_of_an_export_without_audit_entries_lists_none(api: Api) -> None:
@@ -162,19 +202,19 @@ def test_status_of_an_export_without_audit_entries_lists_none(api: Api) -> None:
     }
 
 
-def add_downloads(database_url: str, export_id: str, user: uuid.UUID, count: int) -> list[str]:
-    """Append `count` numbered downloads by `user`; return every message of the trail, in order."""
+def add_entries(database_url: str, export_id: str, user: uuid.UUID, count: int) -> list[str]:
+    """Append `count` numbered audit entries; return every event of the trail, in order."""
     with connect(database_url) as conn:
         conn.execute(
             """
             INSERT INTO export_logs (event, message, export_id, actor_type, actor_id)
-            SELECT 'export.downloaded', 'download ' || n, %s, 'user', %s
+            SELECT 'test.entry_' || n, 'entry ' || n, %s, 'user', %s
             FROM generate_series(1, %s) AS n
             """,
             (export_id, user, count),
         )
         conn.commit()
-        return [entry["message"] for entry in export_logs(conn, export_id)]
+        return [entry["event"] for entry in export_logs(conn, export_id)]
 
 
 def status_of(api: Api, user: uuid.UUID, export_id: str, **params: str) -> Any:
@@ -186,14 +226,14 @@ def status_of(api: Api, user: uuid.UUID, export_id: str, **params: str) -> Any:
 def test_status_lists_the_newest_entries_oldest_first_and_counts_them_all(api: Api) -> None:
     user = add_user(api.database_url)
     export_id = create(api, user).json["export"]["id"]
-    trail = add_downloads(api.database_url, export_id, user, DEFAULT_LOG_WINDOW + 50)
+    trail = add_entries(api.database_url, export_id, user, DEFAULT_LOG_WINDOW + 50)
 
     status = status_of(api, user, export_id)
 
     assert status.status_code == 200
     export = status.json["export"]
-    assert len(trail) == DEFAULT_LOG_WINDOW + 51  # the request's own entry and the downloads
-    assert [entry["message"] for entry in export["logs"]] == trail[-DEFAULT_LOG_WINDOW:]
+    assert len(trail) == DEFAULT_LOG_WINDOW + 51  # the request's own entry and the added ones
+    assert [entry["event"] for entry in export["logs"]] == trail[-DEFAULT_LOG_WINDOW:]
     assert export["logPage"] == {"total": len(trail), "limit": DEFAULT_LOG_WINDOW, "offset": 0}
 
 
@@ -202,7 +242,7 @@ def test_status_document_with_a_log_window_matches_its_openapi_schema(api: Api) 
 
     user = add_user(api.database_url)
     export_id = create(api, user).json["export"]["id"]
-    add_downloads(api.database_url, export_id, user, 3)
+    add_entries(api.database_url, export_id, user, 3)
     spec = build_spec()
     envelope = {
         "$ref": "#/components/schemas/ExportStatusEnvelope",
@@ -230,13 +270,13 @@ def test_log_limit_and_offset_select_entries_counted_from_the_newest(
 ) -> None:
     user = add_user(api.database_url)
     export_id = create(api, user).json["export"]["id"]
-    trail = add_downloads(api.database_url, export_id, user, 150)
+    trail = add_entries(api.database_url, export_id, user, 150)
 
     status = status_of(api, user, export_id, log_limit=limit, log_offset=offset)
 
     assert status.status_code == 200
     export = status.json["export"]
-    assert [entry["message"] for entry in export["logs"]] == trail[window]
+    assert [entry["event"] for entry in export["logs"]] == trail[window]
     assert export["logPage"] == {"total": 151, "limit": int(limit), "offset": int(offset)}
 
 
@@ -302,6 +342,17 @@ def test_accepted_export_is_logged_in_one_json_access_line_with_request_and_expo
 def test_export_for_a_user_unknown_to_the_application_is_refused(api: Api) -> None:
     result = create(api, uuid.uuid4())
     assert result.status_code == 403
+    assert api.dispatcher.messages == []
+
+
+def test_export_for_an_account_the_application_deleted_is_refused(api: Api) -> None:
+    user = add_user(api.database_url)
+    with connect(api.database_url) as conn:
+        conn.execute("UPDATE users SET deleted_at = now() WHERE id = %s", (user,))
+        conn.commit()
+    result = create(api, user)
+    assert result.status_code == 403
+    assert result.json["detail"] == "This account has no data to export."
     assert api.dispatcher.messages == []
 
 
@@ -486,9 +537,25 @@ def test_verify_queues_completed_exports_and_refuses_others(api: Api) -> None:
     complete(api.database_url, export_id, object_key=f"exports/{export_id}/export.json")
     accepted = api.client.simulate_post(path, headers=auth(user))
     assert accepted.status_code == 202
-    assert [m.export_id for m in api.dispatcher.of_kind("verification")] == [export_id]
+    [message] = api.dispatcher.of_kind("verification")
+    assert (message.export_id, message.request_id) == (export_id, accepted.headers["x-request-id"])
     complete(api.database_url, export_id, object_key="gone", status="expired")
     assert api.client.simulate_post(path, headers=auth(user)).status_code == 410
+
+
+def test_verify_answers_410_once_retention_ends_before_cleanup_runs(api: Api) -> None:
+    user = add_user(api.database_url)
+    export_id = create(api, user).json["export"]["id"]
+    complete(api.database_url, export_id, object_key=f"exports/{export_id}/export.json")
+    with connect(api.database_url) as conn:
+        conn.execute(
+            "UPDATE data_exports SET expires_at = now() - interval '1 second' WHERE id = %s",
+            (export_id,),
+        )
+        conn.commit()
+    result = api.client.simulate_post(f"/api/exports/{export_id}/verify", headers=auth(user))
+    assert result.status_code == 410
+    assert api.dispatcher.of_kind("verification") == []
 
 
 def test_cleanup_by_an_admin_is_queued_and_audited(api: Api) -> None:
@@ -496,7 +563,8 @@ def test_cleanup_by_an_admin_is_queued_and_audited(api: Api) -> None:
     result = api.client.simulate_post("/api/exports/cleanup", headers=auth(admin, roles=("admin",)))
     assert result.status_code == 202
     assert result.json["cleanup"]["status"] == "queued"
-    assert len(api.dispatcher.of_kind("cleanup")) == 1
+    [message] = api.dispatcher.of_kind("cleanup")
+    assert message.request_id == result.headers["x-request-id"]
     with connect(api.database_url) as conn:
         row = conn.execute(
             "SELECT actor_type, actor_id FROM export_logs WHERE event = 'cleanup.requested'"

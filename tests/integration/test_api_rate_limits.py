@@ -139,24 +139,32 @@ def exports_of(database_url: str, user: uuid.UUID) -> int:
     return int(found[0])
 
 
+def all_at_once(
+    apps: list[App], send: Callable[[App], falcon.testing.Result]
+) -> list[falcon.testing.Result]:
+    """Send CONCURRENT_REQUESTS requests from as many threads released together, across apps."""
+    start = Barrier(CONCURRENT_REQUESTS)
+
+    def request(index: int) -> falcon.testing.Result:
+        app = apps[index % len(apps)]
+        start.wait(timeout=BARRIER_TIMEOUT_SECONDS)
+        try:
+            return send(app)
+        finally:
+            app.database.close()  # this pool thread's connection
+
+    with ThreadPoolExecutor(CONCURRENT_REQUESTS) as pool:
+        return list(pool.map(request, range(CONCURRENT_REQUESTS)))
+
+
 def test_own_limit_of_two_accepts_exactly_two_of_twenty_concurrent_requests(
     database_url: str, make_app: Callable[[], App]
 ) -> None:
     apps = [make_app() for _ in range(APPS)]
     user = add_user(database_url)
     grant_limit(database_url, user, 2)
-    start = Barrier(CONCURRENT_REQUESTS)
 
-    def request(index: int) -> falcon.testing.Result:
-        app = apps[index % APPS]
-        start.wait(timeout=BARRIER_TIMEOUT_SECONDS)
-        try:
-            return post(app, user)
-        finally:
-            app.database.close()  # this pool thread's connection
-
-    with ThreadPoolExecutor(CONCURRENT_REQUESTS) as pool:
-        results = list(pool.map(request, range(CONCURRENT_REQUESTS)))
+    results = all_at_once(apps, lambda app: post(app, user))
 
     statuses = sorted(result.status_code for result in results)
     assert statuses == [202] * 2 + [429] * (CONCURRENT_REQUESTS - 2)
@@ -166,6 +174,30 @@ def test_own_limit_of_two_accepts_exactly_two_of_twenty_concurrent_requests(
     refused = [result for result in results if result.status_code == 429]
     assert all(result.headers["ratelimit-remaining"] == "0" for result in refused)
     assert all(0 < int(result.headers["retry-after"]) <= 3600 for result in refused)
+
+
+def test_concurrent_retries_of_one_request_replay_it_instead_of_taking_slots(
+    database_url: str, make_app: Callable[[], App]
+) -> None:
+    apps = [make_app() for _ in range(APPS)]
+    user = add_user(database_url)
+    grant_limit(database_url, user, 1)
+    headers = {**auth(user), "Idempotency-Key": f"retry-{uuid.uuid4()}"}
+
+    results = all_at_once(
+        apps,
+        lambda app: app.client.simulate_post(
+            "/api/exports/user", json={"format": "json"}, headers=headers
+        ),
+    )
+
+    statuses = sorted(result.status_code for result in results)
+    assert statuses == [200] * (CONCURRENT_REQUESTS - 1) + [202]
+    assert len({result.json["export"]["id"] for result in results}) == 1
+    assert exports_of(database_url, user) == 1
+    assert sum(len(app.dispatcher.of_kind("user_export")) for app in apps) == 1
+    # The one slot the export took is the only one taken: another request is refused.
+    assert post(apps[0], user).status_code == 429
 
 
 def test_headers_show_the_users_own_limit(database_url: str, make_app: Callable[[], App]) -> None:

@@ -142,6 +142,28 @@ def test_malformed_json_answers_400() -> None:
     assert _problem_type(result) == "invalid-request"
 
 
+def test_deeply_nested_json_answers_400_not_500() -> None:
+    for body in (
+        b"[" * 5000 + b"]" * 5000,
+        b'{"format": "json", "options": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ):
+        result = build_client().simulate_post(
+            "/api/exports/user",
+            body=body,
+            headers={**auth(USER), "Content-Type": "application/json"},
+        )
+        assert result.status_code == 400
+        assert _problem_type(result) == "invalid-request"
+        assert result.json["detail"] == "The request body is nested too deeply."
+
+
+def test_end_date_past_the_calendar_answers_400_naming_the_field() -> None:
+    body = {"format": "json", "options": {"dateRange": {"end": "9999-12-31"}}}
+    result = build_client().simulate_post("/api/exports/user", json=body, headers=auth(USER))
+    assert result.status_code == 400
+    assert [error["field"] for error in result.json["errors"]] == ["options.dateRange.end"]
+
+
 def test_malformed_idempotency_key_answers_400() -> None:
     result = build_client().simulate_post(
         "/api/exports/user",
@@ -256,6 +278,19 @@ def test_metrics_count_requests_by_route_template() -> None:
     assert 'route="/api/exports/{export_id}/status",status="401"' in text
     assert "data_export_queued_count 3.0" in text
     assert "data_export_database_up 1.0" in text
+
+
+# gunicorn hands any method of capitals to the app; wsgiref's validator only warns about them.
+@pytest.mark.filterwarnings("ignore:Unknown REQUEST_METHOD")
+def test_metrics_count_invented_methods_under_one_label() -> None:
+    metrics = ApiMetrics(read_health=lambda: {})
+    client = build_client(metrics=metrics)
+    for method in ("XQWERTY", "XASDFGH", "BREW"):
+        assert client.simulate_request(method, "/healthz").status_code == 400
+    text = client.simulate_get("/metrics").text
+    assert 'method="OTHER",route="/healthz",status="400"} 3.0' in text
+    assert "XQWERTY" not in text
+    assert "BREW" not in text
 
 
 def test_metrics_say_when_the_database_is_down() -> None:

@@ -82,3 +82,12 @@ def test_date_time_without_offset_is_rejected() -> None:
 def test_empty_date_range_is_rejected() -> None:
     with pytest.raises(InvalidOptionsError, match="give start, end or both"):
         parse(options={"dateRange": {}})
+
+
+@pytest.mark.parametrize("end", ["9999-12-31", "9999-12-31T23:59:59.999999+00:00"])
+def test_end_on_the_last_day_of_the_calendar_is_a_named_problem(end: str) -> None:
+    with pytest.raises(InvalidOptionsError) as caught:
+        parse(options={"dateRange": {"end": end}})
+    assert caught.value.problems == {
+        "options.dateRange.end": "must be before 9999-12-31; leave the end out for no upper bound"
+    }

@@ -101,7 +101,17 @@ def test_process_scheduled_rejects_a_user_token() -> None:
     assert scheduler.calls == 0
 
 
-def _client_with(scheduler: CountingPass) -> falcon.testing.TestClient:
+def test_process_scheduled_without_a_scheduler_answers_503_with_retry_after() -> None:
+    client = _client_with(None)
+    result = client.simulate_post(
+        "/api/exports/process-scheduled", headers={"Authorization": f"Bearer {INTERNAL}"}
+    )
+    assert result.status_code == 503
+    assert result.json["detail"] == "Scheduling is not configured here."
+    assert int(result.headers["retry-after"]) > 0
+
+
+def _client_with(scheduler: CountingPass | None) -> falcon.testing.TestClient:
     settings = make_settings(INTERNAL_API_TOKEN=INTERNAL)
     deps = AppDeps(
         settings=settings,
