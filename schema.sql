@@ -170,7 +170,8 @@ COMMENT ON TABLE export_schedules IS
 COMMENT ON COLUMN export_schedules.next_run_at IS
     'Next occurrence in UTC, computed by the scheduler after each firing; NULL until computed.';
 COMMENT ON COLUMN export_schedules.retention_keep_last IS
-    'Keep only the newest N completed exports of this schedule; NULL keeps all until expiry.';
+    'Keep the newest N completed exports of this schedule whose verification did not fail, and'
+    ' always the newest that passed; NULL keeps all until expiry.';
 
 CREATE TABLE IF NOT EXISTS export_requests (
     id                      uuid        NOT NULL DEFAULT gen_random_uuid(),

@@ -38,7 +38,7 @@ from workers.metrics import use_multiprocess_dir
 from workers.runtime import Runtime
 from workers.state import LeaseLostError
 from workers.user_export import run_user_export
-from workers.verification import run_verification
+from workers.verification import VERIFY_TIME_LIMIT_MS, run_verification
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ NOT_RETRIED: Final = (PermanentError, LeaseLostError)
 EXPORT_TIME_LIMIT_MS: Final = 30 * 60_000
 SHARD_TIME_LIMIT_MS: Final = 2 * 3_600_000
 PLAN_TIME_LIMIT_MS: Final = 10 * 60_000
-VERIFY_TIME_LIMIT_MS: Final = 2 * 3_600_000
 MAINTENANCE_TIME_LIMIT_MS: Final = 10 * 60_000
 # Retries of a retryable failure or of a busy lease (5 s to 5 min backoff, about 10 minutes).
 JOB_MAX_RETRIES: Final = 6

@@ -22,6 +22,7 @@ from workers.fanin import finalize_if_done
 from workers.rows import audit
 from workers.runtime import Runtime
 from workers.state import fail_unleased
+from workers.verification import VERIFY_TIME_LIMIT_MS
 from workers.webhook_outbox import prune_deliveries
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ ABANDONED_UPLOAD_SECONDS: Final = 24 * 3600
 # A completed export still unverified this long after finishing lost its verifier message (the
 # broker was down when it was sent): a verification takes minutes at most, so 10 is generous.
 VERIFY_GRACE_SECONDS: Final = 10 * 60
+# A verification queued again (or asked for through the API) may wait in the queue and then run
+# up to the verify actor's time limit; only after that is its message taken to be lost too.
+VERIFY_REQUEUE_SECONDS: Final = VERIFY_TIME_LIMIT_MS // 1000
+VERIFY_QUEUED_EVENTS: Final = ("verification.requeued", "verification.requested")
 # Stored exports queued for another verification per sweep: a sweep runs every 5 minutes, so 50
 # re-verify 14,400 a day without flooding the verifiers.
 REVERIFY_BATCH: Final = 50
@@ -172,15 +177,23 @@ def cleanup_exports(runtime: Runtime) -> int:
 
 
 def requeue_verifications(
-    runtime: Runtime, *, older_than_seconds: int = VERIFY_GRACE_SECONDS
+    runtime: Runtime,
+    *,
+    older_than_seconds: int = VERIFY_GRACE_SECONDS,
+    queued_within_seconds: int = VERIFY_REQUEUE_SECONDS,
 ) -> int:
-    """Queue verification again for completed exports left unverified long after finishing."""
+    """Queue verification again for completed exports left unverified long after finishing,
+    unless one was queued again or requested within `queued_within_seconds` (it may still be
+    waiting or running). Returns how many."""
     with runtime.connect() as conn:
         rows = conn.execute(
-            "SELECT id::text FROM data_exports WHERE status = 'completed'"
-            " AND verification_status = 'pending'"
-            " AND finished_at < now() - make_interval(secs => %s) ORDER BY finished_at LIMIT %s",
-            (older_than_seconds, SWEEP_ROWS),
+            "SELECT e.id::text FROM data_exports e WHERE e.status = 'completed'"
+            " AND e.verification_status = 'pending'"
+            " AND e.finished_at < now() - make_interval(secs => %s)"
+            " AND NOT EXISTS (SELECT 1 FROM export_logs l WHERE l.export_id = e.id"
+            "  AND l.event = ANY(%s) AND l.created_at > now() - make_interval(secs => %s))"
+            " ORDER BY e.finished_at LIMIT %s",
+            (older_than_seconds, list(VERIFY_QUEUED_EVENTS), queued_within_seconds, SWEEP_ROWS),
         ).fetchall()
         for (export_id,) in rows:
             runtime.queue.enqueue_verification(export_id)

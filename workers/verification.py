@@ -26,10 +26,15 @@ logger = logging.getLogger(__name__)
 # Concurrent HEADs while checking the files' objects: enough to hide latency, few enough that a
 # verifier does not crowd out the exports sharing the bucket.
 FILE_CHECK_WORKERS: Final = 8
+# Longest a verification run may take: it reads the whole export back, up to a bulk export of
+# every user. The verify actor's time limit, and how long maintenance waits before taking a
+# queued verification's message for lost.
+VERIFY_TIME_LIMIT_MS: Final = 2 * 3_600_000
 
 
 def run_verification(runtime: Runtime, export_id: str) -> VerificationReport | None:
-    """Verify export `export_id` and record the result; None when it is not completed."""
+    """Verify export `export_id` and record the result; None when it is not (or no longer)
+    completed."""
     with runtime.connect() as conn:
         row = get_export(conn, export_id)
         if row is None or row["status"] != "completed":
@@ -48,11 +53,24 @@ def run_verification(runtime: Runtime, export_id: str) -> VerificationReport | N
         status = "passed" if report.passed else "failed"
         problems = len(report.problems) + report.problems_omitted
         with conn.transaction():
-            conn.execute(
+            # Only while it is still completed and within its retention: the cleanup sweep
+            # deletes the objects of an expired export on purpose (before marking it), and
+            # recording that as a failed verification would page the operator.
+            recorded = conn.execute(
                 "UPDATE data_exports SET verification_status = %s, verification_report = %s,"
-                " verified_at = now(), updated_at = now() WHERE id = %s",
+                " verified_at = now(), updated_at = now()"
+                " WHERE id = %s AND status = 'completed' AND purged_at IS NULL"
+                " AND (expires_at IS NULL OR expires_at > now())",
                 (status, Jsonb(report.as_json()), export_id),
-            )
+            ).rowcount
+            if not recorded:
+                logger.info(
+                    "export %s: expired or purged while being verified;"
+                    " verification %s not recorded",
+                    export_id,
+                    status,
+                )
+                return None
             conn.execute(
                 "INSERT INTO export_analytics (export_id, user_id, export_type, format,"
                 " compression, size_bytes, content_size_bytes, compression_ratio, record_count,"

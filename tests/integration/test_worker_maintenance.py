@@ -14,9 +14,12 @@ from exportctl.seeding import seed_database
 from pipelines.database import connect
 from pipelines.jobs import NewExport, create_export, export_logs
 from pipelines.options import parse_options
+from pipelines.verifier import VerificationReport
+from workers import verification
 from workers.attempt import Outcome
 from workers.config import WorkerSettings
 from workers.maintenance import (
+    VERIFY_REQUEUE_SECONDS,
     abort_abandoned_uploads,
     cleanup_exports,
     fail_stuck_exports,
@@ -319,3 +322,140 @@ def test_completed_export_whose_verifier_message_was_lost_is_queued_again(
     assert report is not None
     assert report.passed
     assert requeue_verifications(runtime) == 0
+
+
+def _unverified_for_20_minutes(runtime: Runtime) -> str:
+    """Complete an export whose verifier message never arrived, 20 minutes ago."""
+    export_id = _completed(runtime)
+    queue = runtime.queue
+    assert isinstance(queue, RecordingQueue)
+    queue.verifications.clear()
+    _sql(
+        runtime,
+        "UPDATE data_exports SET finished_at = now() - interval '20 minutes' WHERE id = %s",
+        export_id,
+    )
+    return export_id
+
+
+def _queued(runtime: Runtime) -> list[str]:
+    """The verifications the sweeps queued."""
+    assert isinstance(runtime.queue, RecordingQueue)
+    return runtime.queue.verifications
+
+
+def _logged_ago(runtime: Runtime, export_id: str, event: str, seconds: int) -> None:
+    _sql(
+        runtime,
+        "INSERT INTO export_logs (created_at, event, message, export_id, actor_type)"
+        " VALUES (now() - make_interval(secs => %s), %s, 'test entry', %s, 'system')",
+        seconds,
+        event,
+        export_id,
+    )
+
+
+def test_verification_still_queued_or_running_is_not_queued_again_within_its_time_limit(
+    runtime: Runtime,
+) -> None:
+    export_id = _unverified_for_20_minutes(runtime)
+    assert requeue_verifications(runtime) == 1
+
+    # The sweeps every 5 minutes while that verification waits in the queue or runs.
+    assert requeue_verifications(runtime) == 0
+    assert requeue_verifications(runtime) == 0
+
+    assert _queued(runtime) == [export_id]
+    assert _events(runtime, export_id).count("verification.requeued") == 1
+
+
+def test_verification_requeued_longer_ago_than_its_time_limit_is_queued_again(
+    runtime: Runtime,
+) -> None:
+    may_still_run = _unverified_for_20_minutes(runtime)
+    _logged_ago(runtime, may_still_run, "verification.requeued", VERIFY_REQUEUE_SECONDS - 300)
+    lost = _unverified_for_20_minutes(runtime)
+    _logged_ago(runtime, lost, "verification.requeued", VERIFY_REQUEUE_SECONDS + 60)
+
+    assert requeue_verifications(runtime) == 1
+
+    assert _queued(runtime) == [lost]
+
+
+def test_verification_requested_through_the_api_is_not_queued_again_by_the_sweep(
+    runtime: Runtime,
+) -> None:
+    export_id = _unverified_for_20_minutes(runtime)
+    _logged_ago(runtime, export_id, "verification.requested", 60)
+
+    assert requeue_verifications(runtime) == 0
+
+    assert _queued(runtime) == []
+
+
+def test_export_expired_while_being_verified_records_no_verification(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export_id = _completed(runtime)
+    real_verify = verification.verify_export
+
+    def verify_while_retention_passes(*args: Any, **kwargs: Any) -> VerificationReport:
+        _sql(
+            runtime,
+            "UPDATE data_exports SET expires_at = now() - interval '1 minute' WHERE id = %s",
+            export_id,
+        )
+        assert cleanup_exports(runtime) == 1  # objects deleted, export marked expired
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(verification, "verify_export", verify_while_retention_passes)
+
+    assert run_verification(runtime, export_id) is None
+
+    row = _row(runtime, export_id)
+    assert (row["status"], row["verification_status"], row["verified_at"]) == (
+        "expired",
+        "pending",
+        None,
+    )
+    with connect(runtime.settings.database_url) as conn:
+        owed = conn.execute(
+            "SELECT count(*) FROM webhook_deliveries WHERE export_id = %s", (export_id,)
+        ).fetchone()
+        analytics = conn.execute(
+            "SELECT count(*) FROM export_analytics WHERE export_id = %s", (export_id,)
+        ).fetchone()
+    assert (owed, analytics) == ((0,), (0,))
+    assert "verification.failed" not in _events(runtime, export_id)
+
+
+def test_export_past_its_expiry_while_being_verified_records_no_verification(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export_id = _completed(runtime)
+    real_verify = verification.verify_export
+
+    def verify_while_cleanup_deletes(*args: Any, **kwargs: Any) -> VerificationReport:
+        # The cleanup sweep deletes the objects first and marks the export expired after.
+        _sql(
+            runtime,
+            "UPDATE data_exports SET expires_at = now() - interval '1 minute' WHERE id = %s",
+            export_id,
+        )
+        bucket = runtime.settings.s3_bucket
+        listed = runtime.s3.list_objects_v2(Bucket=bucket, Prefix=runtime.prefix(export_id))
+        for item in listed.get("Contents", []):
+            runtime.s3.delete_object(Bucket=bucket, Key=item["Key"])
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(verification, "verify_export", verify_while_cleanup_deletes)
+
+    assert run_verification(runtime, export_id) is None
+
+    row = _row(runtime, export_id)
+    assert (row["status"], row["verification_status"]) == ("completed", "pending")
+    with connect(runtime.settings.database_url) as conn:
+        owed = conn.execute(
+            "SELECT count(*) FROM webhook_deliveries WHERE export_id = %s", (export_id,)
+        ).fetchone()
+    assert owed == (0,)

@@ -165,3 +165,35 @@ def test_missed_window_across_spring_forward_still_fires_once() -> None:
 def test_last_at_or_before_includes_the_instant_itself() -> None:
     spec = parse_cron("0 12 * * *")
     assert last_at_or_before(spec, NEW_YORK, utc(2026, 7, 1, 16)) == utc(2026, 7, 1, 16)
+
+
+def test_stepped_day_of_month_fires_on_the_stepped_days_only() -> None:
+    found = runs("0 0 */2 * *", "UTC", utc(2024, 3, 1), utc(2024, 4, 5))
+    assert [moment.strftime("%m-%d") for moment in found] == [
+        *(f"03-{day:02d}" for day in range(1, 32, 2)),
+        "04-01", "04-03",
+    ]  # fmt: skip
+    assert found == runs("0 0 1-31/2 * *", "UTC", utc(2024, 3, 1), utc(2024, 4, 5))
+
+
+def test_stepped_day_of_week_fires_on_sunday_tuesday_thursday_saturday() -> None:
+    found = runs("0 0 * * */2", "UTC", utc(2024, 3, 1), utc(2024, 3, 15))
+    assert [moment.strftime("%d %a") for moment in found] == [
+        "02 Sat", "03 Sun", "05 Tue", "07 Thu", "09 Sat", "10 Sun", "12 Tue", "14 Thu",
+    ]  # fmt: skip
+
+
+def test_stepped_day_of_month_with_a_weekday_needs_both_like_vixie_cron() -> None:
+    # A day field starting with `*` (`*/10`) does not take cron's either-day rule: days 1, 11,
+    # 21 and 31 that are also Mondays (cronie's and Vixie cron's reading).
+    found = runs("0 0 */10 * 1", "UTC", utc(2024, 1, 1), utc(2025, 1, 1))
+    assert [moment.strftime("%m-%d %a") for moment in found] == [
+        "01-01 Mon", "03-11 Mon", "04-01 Mon", "07-01 Mon", "10-21 Mon", "11-11 Mon",
+    ]  # fmt: skip
+
+
+def test_stepped_day_of_week_with_a_day_of_month_needs_both_like_vixie_cron() -> None:
+    found = runs("0 0 13 * */5", "UTC", utc(2024, 1, 1), utc(2025, 1, 1))  # Sundays, Fridays
+    assert [moment.strftime("%m-%d %a") for moment in found] == [
+        "09-13 Fri", "10-13 Sun", "12-13 Fri",
+    ]  # fmt: skip

@@ -115,23 +115,33 @@ def advance_schedule(
 def apply_schedule_retention(conn: psycopg.Connection[Any], schedule: dict[str, Any]) -> int:
     """Mark completed exports beyond the schedule's retention for cleanup; return how many.
 
-    Keep-last-N and retention days only bring `expires_at` forward; the cleanup sweep then
-    deletes the objects and marks the exports expired, as for any other expiry.
+    Keep-last-N counts only exports whose verification did not fail (a broken backup takes no
+    slot), and neither rule touches the newest export that passed verification: the last
+    known-good backup stays until a newer one passes. Failed ones still expire by days. Both
+    rules only bring `expires_at` forward; the cleanup sweep then deletes the objects and marks
+    the exports expired, as for any other expiry.
     """
     keep_last, days = schedule["retention_keep_last"], schedule["retention_days"]
     if keep_last is None and days is None:
         return 0
     cursor = conn.execute(
         """
-        WITH ranked AS (
-            SELECT id, finished_at,
-                   row_number() OVER (ORDER BY finished_at DESC, id DESC) AS rank
+        WITH completed AS (
+            SELECT id, finished_at, verification_status = 'failed' AS broken,
+                   row_number() OVER (PARTITION BY verification_status = 'failed'
+                                      ORDER BY finished_at DESC, id DESC) AS rank
             FROM data_exports WHERE schedule_id = %(schedule)s AND status = 'completed'
+        ), known_good AS (
+            SELECT id FROM data_exports
+            WHERE schedule_id = %(schedule)s AND status = 'completed'
+              AND verification_status = 'passed'
+            ORDER BY finished_at DESC, id DESC LIMIT 1
         ), surplus AS (
-            SELECT id FROM ranked
-            WHERE (%(keep)s::int IS NOT NULL AND rank > %(keep)s::int)
-               OR (%(days)s::int IS NOT NULL
-                   AND finished_at < now() - make_interval(days => %(days)s::int))
+            SELECT id FROM completed
+            WHERE id NOT IN (SELECT id FROM known_good)
+              AND ((%(keep)s::int IS NOT NULL AND NOT broken AND rank > %(keep)s::int)
+                   OR (%(days)s::int IS NOT NULL
+                       AND finished_at < now() - make_interval(days => %(days)s::int)))
         )
         UPDATE data_exports e SET expires_at = now(), updated_at = now()
         FROM surplus WHERE e.id = surplus.id AND (e.expires_at IS NULL OR e.expires_at > now())

@@ -2,9 +2,10 @@
 
 Pure: no clock, no time zone, no I/O. The vocabulary is the classic Vixie-cron one that croniter
 also reads: `*`, `a`, `a-b`, `*/n`, `a-b/n`, `a/n`, comma lists, month and weekday names, 7 as
-Sunday. When both day-of-month and day-of-week are restricted, a day matching either one fires
-(cron's historical rule). What an expression means on a given day in a given zone is the job
-of `workers.scheduling.occurrences`.
+Sunday. When both day fields are restricted, a day matching either one fires (cron's historical
+rule); a day field starting with `*` (`*/2` included) is not restricted, as in Vixie cron and
+cronie, so the days must then match both fields. What an expression means on a given day in a
+given zone is the job of `workers.scheduling.occurrences`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class CronSpec:
     days: frozenset[int]
     months: frozenset[int]
     weekdays: frozenset[int]  # 0 = Sunday ... 6 = Saturday
+    # The field does not start with `*`: with both restricted, either one matching is enough.
     day_restricted: bool
     weekday_restricted: bool
     # The hour field starts with `*`: an interval schedule that follows real time across
@@ -85,14 +87,13 @@ class CronSpec:
         """Return whether the schedule fires at all on this calendar day."""
         if day.month not in self.months:
             return False
-        weekday = day.isoweekday() % 7
+        in_days = day.day in self.days
+        in_weekdays = day.isoweekday() % 7 in self.weekdays
         if self.day_restricted and self.weekday_restricted:
-            return day.day in self.days or weekday in self.weekdays
-        if self.day_restricted:
-            return day.day in self.days
-        if self.weekday_restricted:
-            return weekday in self.weekdays
-        return True
+            return in_days or in_weekdays
+        # Otherwise both must match, as in cronie: a `*` field allows every day anyway, and a
+        # `*/n` one allows only its steps.
+        return in_days and in_weekdays
 
 
 def parse_cron(expression: str) -> CronSpec:
