@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+from dramatiq.middleware import Interrupt
 
 from pipelines.errors import PermanentError
 from pipelines.records import SourceBatch
@@ -92,10 +93,10 @@ def run_plan(
         holder_conn = runtime.connect()
         try:
             shards = _plan(attempt, holder_conn)
-        except Exception as error:
+        except (Exception, Interrupt) as error:
             holder_conn.close()
-            if settle_failure(attempt, error):
-                raise
+            if settle_failure(attempt, error) or isinstance(error, Interrupt):
+                raise  # Dramatiq retries, or handles its interrupt as it always has
             return Outcome.FAILED, None
         holder = SnapshotHolder(runtime, holder_conn, lease)
         holder.start()
@@ -161,15 +162,17 @@ def run_shard(runtime: Runtime, export_id: str, shard_id: str) -> Outcome:
             finalize_if_done(runtime, conn, export_id)
             return Outcome.FAILED
         attempt = Attempt(runtime, conn, claimed.lease, claimed.row, export_id, shard_id)
-        outcome = Outcome.COMPLETED
         try:
             _export_shard(attempt)
-        except Exception as error:
-            if settle_failure(attempt, error):
-                raise
-            outcome = Outcome.FAILED
+        except (Exception, Interrupt) as error:
+            retried = settle_failure(attempt, error)
+            if not retried:
+                finalize_if_done(runtime, conn, export_id)
+            if retried or isinstance(error, Interrupt):
+                raise  # Dramatiq retries, or handles its interrupt as it always has
+            return Outcome.FAILED
         finalize_if_done(runtime, conn, export_id)
-    return outcome
+    return Outcome.COMPLETED
 
 
 def _export_shard(attempt: Attempt) -> None:

@@ -6,8 +6,9 @@ serializer state and the parts stage's offsets) in `export_upload_parts`, fenced
 A later attempt that finds an open upload continues after the last resumable recorded part with
 `S3MultipartSink.resume`: frames end at part boundaries, so the tail is byte for byte what the
 first run would have written. A resumed run saw only the tail, so its digests come from reading
-the finished object back (`digest_stored`). A worker that finds its lease taken stops without
-aborting the upload: the new holder is continuing it. Right before the object is completed the
+the finished object back (`digest_stored`). An attempt that stops midway aborts its upload before
+it returns, rather than when its generator is collected; one that finds its lease taken stops
+without aborting: the new holder is continuing it. Right before the object is completed the
 lease is renewed once more, fenced by the token, so a worker fenced out after its last part never
 completes the upload its successor is resuming (nor overwrites the successor's object).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -34,7 +35,7 @@ from pipelines.serializers import ResumePoint as SerializerPoint
 from pipelines.sources import SourcePosition
 from pipelines.storage.reader import iter_object_bytes
 from pipelines.storage.s3_sink import S3MultipartSink
-from pipelines.storage.sinks import Sink, SummaryFn, UploadedPart
+from pipelines.storage.sinks import Sink, StoredObject, SummaryFn, UploadedPart, drain
 from pipelines.storage.stores import S3Store
 from workers.heartbeat import LeaseKeeper
 from workers.state import Lease, LeaseLostError, record_part, renew, set_fields
@@ -229,20 +230,27 @@ class PartLog:
 
 def write_fresh(batches: Iterable[SourceBatch], job: ObjectJob, log: PartLog) -> WrittenObject:
     """Write the object from the start, recording the upload and every part."""
+    opened: list[_ClosingSink] = []
 
     def open_sink(summary: SummaryFn) -> Sink:
-        return _sink(job, log, summary=summary, on_upload_started=log.upload_started)
+        sink = _ClosingSink(_sink(job, log, summary=summary, on_upload_started=log.upload_started))
+        opened.append(sink)
+        return sink
 
-    return write_object(
-        batches,
-        name=job.name,
-        options=job.options,
-        header=job.header,
-        open_sink=open_sink,
-        part_size=job.part_size,
-        level=job.level,
-        on_part=log.part_stored,
-    )
+    try:
+        return write_object(
+            batches,
+            name=job.name,
+            options=job.options,
+            header=job.header,
+            open_sink=open_sink,
+            part_size=job.part_size,
+            level=job.level,
+            on_part=log.part_stored,
+        )
+    finally:
+        for sink in opened:
+            sink.close()
 
 
 def write_resumed(
@@ -253,42 +261,53 @@ def write_resumed(
     upload_id: str,
     kept: list[UploadedPart],
 ) -> WrittenObject:
-    """Continue an upload after `kept` (ending at a resumable part) and complete the object."""
+    """Continue an upload after `kept` (ending at a resumable part) and complete the object.
+
+    Raises UploadGoneError, having read and stored nothing, when the upload no longer exists.
+    """
     started = time.monotonic()
     point = kept[-1].resume
     assert point is not None
     cursor = point.cursor if isinstance(point.cursor, ExportCursor) else None
     source = cursor.source if cursor is not None else None
     serializer = cursor.serializer if cursor is not None else None
-    log.continue_after(point, upload_id)
     tables = export_tables(job.options.include_system_fields)
     counts = {table.name: 0 for table in tables}
     if serializer is not None:
         counts.update(serializer.counts)
     tail = {"records": 0}
-    chunks = ENCODERS[job.options.format](
-        open_batches(cast(SourcePosition | None, source)),
-        tables=tables,
-        header=job.header,
-        include_metadata=job.options.include_metadata,
-        resume=serializer,
+
+    def tail_parts() -> Iterator[Part]:
+        # Opened when the sink pulls its first part, after it has checked the recorded ones.
+        chunks = ENCODERS[job.options.format](
+            open_batches(cast(SourcePosition | None, source)),
+            tables=tables,
+            header=job.header,
+            include_metadata=job.options.include_metadata,
+            resume=serializer,
+        )
+        yield from iter_parts(
+            with_export_cursors(chunks, counts),
+            compression=job.options.compression,
+            level=job.level,
+            part_size=job.part_size,
+            resume=point,
+        )
+
+    progress = _sink(job, log).resume(
+        _counted(tail_parts(), tail), upload_id=upload_id, completed=kept
     )
-    parts = iter_parts(
-        with_export_cursors(chunks, counts),
-        compression=job.options.compression,
-        level=job.level,
-        part_size=job.part_size,
-        resume=point,
-    )
-    sink = _sink(job, log)
-    progress = sink.resume(_counted(parts, tail), upload_id=upload_id, completed=kept)
-    while True:
-        try:
-            uploaded = next(progress)
-        except StopIteration as stop:
-            stored = stop.value
-            break
-        log.part_stored(uploaded)
+    log.continue_after(point, upload_id)
+    try:
+        while True:
+            try:
+                uploaded = next(progress)
+            except StopIteration as stop:
+                stored = stop.value
+                break
+            log.part_stored(uploaded)
+    finally:
+        progress.close()  # abort now (unless handed over) if writing stopped midway
     records = point.records + tail["records"]
     blobs = iter_object_bytes(job.s3, bucket=job.store.bucket, key=job.store.key(job.name))
     digests = digest_stored(blobs, compression=job.options.compression, records=records)
@@ -330,6 +349,33 @@ def _sink(
         abort_on_error=log.should_abort,
         before_complete=log.confirm_lease,
     )
+
+
+class _ClosingSink:
+    """A sink whose upload can be closed (aborting it, unless handed over) once writing stops.
+
+    `write_object` leaves its upload generator to the garbage collector when an error is raised
+    outside it (recording a part failed, Dramatiq's time limit): the abort would come at some
+    later moment, after the attempt was settled, or never once the S3 client is gone.
+    """
+
+    def __init__(self, sink: S3MultipartSink) -> None:
+        self._sink = sink
+        self._progress: Generator[UploadedPart, None, StoredObject] | None = None
+
+    def upload(self, parts: Iterable[Part]) -> Generator[UploadedPart, None, StoredObject]:
+        """Start the upload, keeping its generator to close."""
+        self._progress = self._sink.upload(parts)
+        return self._progress
+
+    def write(self, parts: Iterable[Part]) -> StoredObject:
+        """Upload every part and complete the object."""
+        return drain(self.upload(parts))
+
+    def close(self) -> None:
+        """Close the upload: a no-op once it completed, an abort if it stopped midway."""
+        if self._progress is not None:
+            self._progress.close()
 
 
 def _counted(parts: Iterable[Part], tail: dict[str, int]) -> Iterator[Part]:

@@ -6,7 +6,8 @@ higher than before. Every later write by the holder names that token in its WHER
 worker that lost its lease (it stalled past the expiry and another took over) changes nothing.
 An expired lease means the holder died; the next claim takes over and counts an attempt, and a
 row whose attempts reached the cap is failed with the reason instead (kill -9 bypasses Dramatiq's
-own retry count). The caller passes an autocommit connection; each function is one transaction.
+own retry count). The caller passes an autocommit connection; each function is one transaction,
+except `locked_lease`, which holds the row locked while the last writes of an attempt happen.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final, Literal
@@ -33,6 +35,11 @@ Kind = Literal["export", "shard"]
 TABLES: Final[dict[str, str]] = {"export": "data_exports", "shard": "export_shards"}
 # Error messages are shown to people; longer texts are cut so a traceback never fills the row.
 MAX_ERROR_CHARS: Final = 2000
+# A claim holds a row's lock for one short transaction, so a longer wait means something is stuck.
+LOCK_WAIT_MS: Final = 5_000
+# What runs under `locked_lease` is a few small PUTs (boto3 bounds each); a transaction idle this
+# long is stuck on the bucket, and PostgreSQL ends its session so the lock cannot outlive it.
+LOCKED_IDLE_MS: Final = 60_000
 
 
 class LeaseLostError(ExportError):
@@ -150,6 +157,39 @@ def release(conn: psycopg.Connection[Any], lease: Lease) -> None:
     _fenced_update(conn, lease, sql.SQL("lease_expires_at = now(), multipart_upload_id = NULL"), [])
 
 
+def forget_upload(conn: psycopg.Connection[Any], lease: Lease, upload_id: str) -> None:
+    """Clear an upload that no longer exists from the leased row and delete its recorded parts."""
+    with conn.transaction():
+        _fenced_update(conn, lease, sql.SQL("multipart_upload_id = NULL"), [])
+        conn.execute("DELETE FROM export_upload_parts WHERE upload_id = %s", (upload_id,))
+
+
+@contextmanager
+def locked_lease(conn: psycopg.Connection[Any], lease: Lease) -> Iterator[None]:
+    """Hold the leased row locked FOR UPDATE, fenced by the token, for one transaction.
+
+    Raises LeaseLostError when another worker holds the row. A successor's claim waits for the
+    lock and then sees what this transaction committed (the row completed), so whatever runs
+    inside, such as publishing the manifest and completing, is done by one worker only.
+    """
+    with conn.transaction():
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, true),"
+            " set_config('idle_in_transaction_session_timeout', %s, true)",
+            (f"{LOCK_WAIT_MS}ms", f"{LOCKED_IDLE_MS}ms"),
+        )
+        held = conn.execute(
+            sql.SQL(
+                "SELECT 1 FROM {} WHERE id = %s AND fencing_token = %s AND status = 'running'"
+                " FOR UPDATE"
+            ).format(lease.table),
+            (lease.row_id, lease.token),
+        ).fetchone()
+        if held is None:
+            raise _lost(lease)
+        yield
+
+
 def set_fields(conn: psycopg.Connection[Any], lease: Lease, fields: Mapping[str, Any]) -> None:
     """Write columns of the leased row (progress, upload id, snapshot...), fenced by the token."""
     assignments = sql.SQL(", ").join(
@@ -257,9 +297,13 @@ def _fenced_update(
         [*params, lease.row_id, lease.token],
     )
     if result.rowcount != 1:
-        raise LeaseLostError(
-            f"{lease.kind} {lease.row_id}: fencing token {lease.token} no longer holds the lease"
-        )
+        raise _lost(lease)
+
+
+def _lost(lease: Lease) -> LeaseLostError:
+    return LeaseLostError(
+        f"{lease.kind} {lease.row_id}: fencing token {lease.token} no longer holds the lease"
+    )
 
 
 def _adapt(value: Any) -> Any:

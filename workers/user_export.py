@@ -1,11 +1,13 @@
 """Run one user export job: claim its row, write the object, publish the manifest, complete.
 
 `queued → running → completed | failed`, every step in the audit trail, then a message to the
-verifier. A duplicate delivery finds the row leased or finished and does nothing. An attempt after
-a crash starts again from scratch on a fresh snapshot (aborting the old upload): the first
+verifier. A duplicate delivery finds the row leased or finished and does nothing. An attempt
+after a crash starts again from scratch on a fresh snapshot (aborting the old upload): the first
 attempt's snapshot died with its worker, and resuming the tail from a newer one would mix two
 points in time in one file. User exports are small (EXPORT_MAX_SIZE), so this costs little;
-bulk shards resume instead, because they re-adopt the snapshot their export holds.
+bulk shards resume instead, because they re-adopt the snapshot their export holds. The manifest
+is written and the row completed under the row's lock, fenced by the lease, so a worker fenced
+out by a successor never publishes over the successor's manifest.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 import psycopg
+from dramatiq.middleware import Interrupt
 
 from pipelines.export import user_object_name
 from pipelines.jobs import get_export
@@ -36,7 +39,15 @@ from workers.rows import (
     result_fields,
 )
 from workers.runtime import Runtime
-from workers.state import ClaimOutcome, claim, complete, lease_owner_name, set_fields
+from workers.state import (
+    ClaimOutcome,
+    claim,
+    complete,
+    forget_upload,
+    lease_owner_name,
+    locked_lease,
+    set_fields,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +81,12 @@ def run_user_export(runtime: Runtime, export_id: str, *, request_id: str | None 
         )
         try:
             _export(attempt)
-        except Exception as error:
-            if settle_failure(attempt, error):
-                raise
-            _count_ended(runtime, conn, export_id)
+        except (Exception, Interrupt) as error:
+            retried = settle_failure(attempt, error)
+            if not retried:
+                _count_ended(runtime, conn, export_id)
+            if retried or isinstance(error, Interrupt):
+                raise  # Dramatiq retries, or handles its interrupt as it always has
             return Outcome.FAILED
         _count_ended(runtime, conn, export_id)
     runtime.queue.enqueue_verification(export_id)
@@ -128,16 +141,20 @@ def _export(attempt: Attempt) -> None:
         written = write_with_resume(attempt, keeper, job, open_batches)
         reader.rollback()
         keeper.check()
-    publish_manifest(header, options, store, [written.manifest_entry()])
     fields = result_fields(written, object_key=store.key(written.name))
-    fields["expires_at"] = expiry(attempt.conn, row, settings)
     fields["progress"] = 100
-    complete(attempt.conn, lease, fields)
-    attempt.audit(
-        "export.completed",
-        f"wrote {written.name}: {fields['size_bytes']} bytes, {fields['record_count']} records",
-        details={"sha256": fields["sha256"], "seconds": round(written.seconds, 3)},
-    )
+    # The row stays locked, fenced by the token, from before the manifest is written until the
+    # export is completed: a worker that stalled past its lease finds it taken and writes
+    # nothing, and a successor's claim waits, then finds the export completed.
+    with locked_lease(attempt.conn, lease):
+        fields["expires_at"] = expiry(attempt.conn, row, settings)
+        publish_manifest(header, options, store, [written.manifest_entry()])
+        complete(attempt.conn, lease, fields)
+        attempt.audit(
+            "export.completed",
+            f"wrote {written.name}: {fields['size_bytes']} bytes, {fields['record_count']} records",
+            details={"sha256": fields["sha256"], "seconds": round(written.seconds, 3)},
+        )
 
 
 def _restart(attempt: Attempt, job: ObjectJob) -> None:
@@ -146,7 +163,7 @@ def _restart(attempt: Attempt, job: ObjectJob) -> None:
     if not upload_id:
         return
     abort_quietly(job, upload_id)
-    set_fields(attempt.conn, attempt.lease, {"multipart_upload_id": None})
+    forget_upload(attempt.conn, attempt.lease, upload_id)
     attempt.audit(
         "export.restarted",
         f"attempt {attempt.lease.attempts} starts again on a fresh snapshot instead of resuming "

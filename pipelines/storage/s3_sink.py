@@ -8,7 +8,8 @@ CreateMultipartUpload. Any failure, KeyboardInterrupt or generator close aborts 
 the caller's `abort_on_error` says the upload now belongs to someone else (a worker fenced out by
 a new lease holder must leave the upload that holder is resuming). Right before the object becomes
 visible (CompleteMultipartUpload, or the single PUT) the caller's `before_complete` runs: when it
-raises, the sink neither completes nor aborts, and leaves the upload to its new owner.
+raises, the sink neither completes nor aborts, and leaves the upload to its new owner. Resuming
+answers UploadGoneError, before reading anything, when the upload was aborted or completed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from pipelines.digests import digest_stored
 from pipelines.errors import PermanentError, RetryableError, SizeLimitError
 from pipelines.parts import MAX_PART_SIZE_BYTES, MAX_PARTS, MIN_PART_SIZE_BYTES, Part
 from pipelines.storage.reader import iter_object_bytes
-from pipelines.storage.s3_errors import translate_s3_error
+from pipelines.storage.s3_errors import (
+    UploadGoneError,
+    is_upload_gone,
+    translate_s3_error,
+    translate_upload_error,
+)
 from pipelines.storage.sinks import (
     SIDECAR_SUFFIX,
     StoredObject,
@@ -119,7 +125,19 @@ class S3MultipartSink:
     def resume(
         self, parts: Iterable[Part], *, upload_id: str, completed: Sequence[UploadedPart]
     ) -> Generator[UploadedPart, None, StoredObject]:
-        """Continue an upload after parts 1..N in `completed`; `parts` must start at N + 1."""
+        """Continue an upload after parts 1..N in `completed`; `parts` must start at N + 1.
+
+        The recorded parts are checked against the server here, before the generator is
+        returned and before `parts` is touched: UploadGoneError (the upload was aborted or
+        completed) means nothing was read or stored, so the caller can start the object again.
+        """
+        kept = self._check_stored(upload_id, completed)
+        return self._continue(upload_id, iter(parts), kept)
+
+    def _check_stored(
+        self, upload_id: str, completed: Sequence[UploadedPart]
+    ) -> list[UploadedPart]:
+        """Return `completed` in order once the server holds each part as recorded."""
         try:
             listed = {p["PartNumber"]: p for p in self._list_parts(upload_id)}
             kept = sorted(completed, key=lambda p: p.number)
@@ -131,12 +149,17 @@ class S3MultipartSink:
                     raise PermanentError(
                         f"part {done.number} of upload {upload_id} differs from the record"
                     )
-        except RetryableError:
-            raise  # the upload may still be resumable on the next attempt
+        except (RetryableError, UploadGoneError):
+            raise  # still resumable on the next attempt, or nothing left to abort
         except BaseException as error:
             self._abort_unless_handed_over(upload_id, error)
             raise
-        stored = yield from self._upload_rest(upload_id, iter(parts), kept)
+        return kept
+
+    def _continue(
+        self, upload_id: str, parts: Iterator[Part], kept: list[UploadedPart]
+    ) -> Generator[UploadedPart, None, StoredObject]:
+        stored = yield from self._upload_rest(upload_id, parts, kept)
         # A resumed run saw only the tail: digest the finished object by reading it back.
         return self._finish(stored, digested=False)
 
@@ -280,7 +303,10 @@ class S3MultipartSink:
         found: list[Any] = []
         marker = 0
         while True:
-            page = self._call("ListParts", self._list_page, upload_id, marker)
+            try:
+                page = self._list_page(upload_id, marker)
+            except (BotoCoreError, ClientError) as exc:
+                raise translate_upload_error(exc, f"ListParts {self.location}") from exc
             found.extend(page.get("Parts", []))
             if not page.get("IsTruncated"):
                 return found
@@ -329,7 +355,11 @@ class S3MultipartSink:
             self._client.abort_multipart_upload(
                 Bucket=self._bucket, Key=self._key, UploadId=upload_id
             )
-        except (BotoCoreError, ClientError):
+        except (BotoCoreError, ClientError) as exc:
+            if is_upload_gone(exc):
+                # Aborted already (closed twice, or by the attempt that gave it up) or completed.
+                logger.info("multipart upload %s of %s is already gone", upload_id, self.location)
+                return
             logger.warning(
                 "could not abort multipart upload %s of %s; cleanup must abort it",
                 upload_id,
