@@ -151,16 +151,21 @@ def iter_csv_blocks(
 ) -> Iterator[CsvBlock]:
     """Yield whole-record blocks of COPY output, one per `batch_messages` messages or so.
 
-    PostgreSQL sends a COPY row per message, so a block holds about that many records; framing
-    does not matter for correctness, only for block sizes.
+    PostgreSQL sends a COPY row per message, so a block holds that many records, the first one
+    too: a record is whole only once the next one starts, so the first cut waits for one more
+    message. Blocks then end at the same records whether the query starts at the table's first
+    row or after a resume cursor (itself a block's last key), and a resumed export credits the
+    same records to each part. Framing does not matter for correctness, only for block sizes.
     """
     cutter = CsvRecordCutter(table_name, key_fields, crlf=crlf)
     pending: list[Buffer] = []
+    held = 0  # records the cutter holds back: one once it has seen any
     for message in messages:
         pending.append(message)
-        if len(pending) >= batch_messages:
+        if held + len(pending) > batch_messages:
             block = cutter.cut(pending)
             pending = []
+            held = 1
             if block is not None:
                 yield block
     if pending:

@@ -150,7 +150,7 @@ def _object_key_deriver(table: Table) -> Callable[[Record], tuple[str | None, ..
 
 
 def diagnostic(exc: psycopg.Error) -> str:
-    """Return the server's message and context (which COPY line) for an error."""
+    """Return the server's message, hint and context (which COPY line) for an error."""
     diag = exc.diag
-    parts = [diag.message_primary or str(exc), diag.message_detail, diag.context]
+    parts = [diag.message_primary or str(exc), diag.message_detail, diag.message_hint, diag.context]
     return "; ".join(" ".join(part.split()) for part in parts if part)

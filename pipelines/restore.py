@@ -2,9 +2,11 @@
 
 A source is an export folder or `s3://bucket/prefix/` (data objects plus `manifest.json`), or one
 data object (format from its name or first bytes, compression from its magic bytes), opened with
-`locations.open_location_or_object`. Records go in through `loading` in one transaction that
-commits only after every object's size, SHA-256 and record counts matched its manifest entry. It
-never loads an object whole.
+`locations.open_location_or_object`. A manifest whose totals or `SHA256SUMS` disagree with its
+list of objects is refused before anything is read. Records go in through `loading` in one
+transaction that commits only after every object's size, SHA-256 and record counts matched its
+manifest entry and its own trailer (required once a header was read). It never loads an object
+whole.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import groupby
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+import orjson
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from pipelines.companions import check_sha256sums
+from pipelines.companions import check_manifest_totals, check_sha256sums
 from pipelines.detection import UnknownFormatError, format_from_name, sniff_format
 from pipelines.errors import PermanentError, RetryableError
 from pipelines.formats import CorruptExportError, RecordStream, iter_records
@@ -45,11 +48,15 @@ from pipelines.manifest import (
 )
 from pipelines.records import FILES
 from pipelines.storage.reader import iter_content
+from pipelines.verification_problems import Problem, metadata_problems
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 logger = logging.getLogger(__name__)
+
+# SQLSTATE class 54, "program limit exceeded" (stack depth, statement too complex): permanent.
+PROGRAM_LIMIT_EXCEEDED: Final = "54"
 
 __all__ = [
     "RestoreConflictError",
@@ -72,6 +79,9 @@ class SourceObject:
     compression: str | None
     expected: ManifestObject | None
     open: Callable[[], Iterator[bytes]]
+    # The manifest's includeMetadata option and export id; None for a lone object.
+    include_metadata: bool | None = None
+    export_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,18 +158,13 @@ def _manifest_objects(location: Location) -> tuple[Manifest, tuple[SourceObject,
             "or one data object file"
         )
     manifest = parse_manifest(data)
-    sums = location.read_small(SHA256SUMS_NAME)
-    if sums is not None:
-        listed = {item.name for item in manifest.objects}
-        disagreements = [
-            problem.message
-            for problem in check_sha256sums(sums, manifest.objects)
-            if problem.object_name in listed
-        ]
-        if disagreements:
-            raise CorruptExportError(
-                f"{SHA256SUMS_NAME} and {MANIFEST_NAME} disagree: " + "; ".join(disagreements)
-            )
+    problems = _manifest_problems(location, data, manifest)
+    if problems:
+        raise CorruptExportError(
+            f"the export at {location.address} is incomplete or inconsistent, so nothing was "
+            "restored: " + "; ".join(problem.message for problem in problems)
+        )
+    include_metadata = manifest.options.get("includeMetadata")
     objects = tuple(
         SourceObject(
             name=item.name,
@@ -167,10 +172,35 @@ def _manifest_objects(location: Location) -> tuple[Manifest, tuple[SourceObject,
             compression=manifest.compression,
             expected=item,
             open=partial(location.iter_bytes, item.name),
+            include_metadata=include_metadata if isinstance(include_metadata, bool) else None,
+            export_id=manifest.export_id,
         )
         for item in manifest.objects
     )
     return manifest, objects
+
+
+def _manifest_problems(location: Location, data: bytes, manifest: Manifest) -> list[Problem]:
+    """Return what verification finds wrong with the manifest's totals and `SHA256SUMS`.
+
+    Each object is checked against its own entry while it is read, so an entry missing from the
+    manifest shows only here: in totals that its objects no longer add up to, and in a
+    `SHA256SUMS` listing an object the manifest does not.
+    """
+    problems = check_manifest_totals(orjson.loads(data), manifest)
+    sums = location.read_small(SHA256SUMS_NAME)
+    if sums is None:
+        # Verification fails such an export, but the data is still checked against every
+        # manifest entry and the totals: on the day it is needed, a lost companion file must
+        # not stand between an operator and the rows.
+        logger.warning(
+            "%s has no %s: restoring on the manifest's totals and digests alone",
+            location.address,
+            SHA256SUMS_NAME,
+        )
+    else:
+        problems.extend(check_sha256sums(sums, manifest.objects))
+    return problems
 
 
 # --- reading with checks -------------------------------------------------------------------------
@@ -212,11 +242,8 @@ class _CheckedObject:
         """Read what the parser left, then compare digests and counts; raise on any mismatch."""
         for _ in self._content:
             pass
-        problems: list[str] = []
+        problems = self._metadata_problems()
         counts = {name: count for name, count in self.records.counts.items() if count}
-        trailer = self.records.trailer
-        if trailer is not None and {k: v for k, v in trailer.counts.items() if v} != counts:
-            problems.append(f"its metadata counts {dict(trailer.counts)} but it holds {counts}")
         expected = self.source.expected
         if expected is not None:
             checks = (
@@ -233,6 +260,20 @@ class _CheckedObject:
             ]
         if problems:
             raise CorruptExportError("; ".join(problems))
+
+    def _metadata_problems(self) -> list[str]:
+        """Compare the object's own header and trailer with what was read, as verification does.
+
+        A header says the writer included metadata, so its trailer must follow: without it an
+        object cut at a record boundary would otherwise pass as whole.
+        """
+        name = self.source.name
+        stream = self.records
+        include_metadata = bool(self.source.include_metadata) or stream.header is not None
+        found = metadata_problems(
+            name, stream, stream.counts, include_metadata, self.source.export_id
+        )
+        return [problem.message.removeprefix(f"{name}: ") for problem in found]
 
 
 # --- restoring -----------------------------------------------------------------------------------
@@ -276,6 +317,13 @@ def restore(
             f"({diagnostic(exc)}); nothing was restored"
         ) from exc
     except psycopg.OperationalError as exc:
+        if (exc.sqlstate or "").startswith(PROGRAM_LIMIT_EXCEEDED):
+            # Operational to psycopg, but a retry meets the same limit: a jsonb value nested
+            # deeper than the target's max_stack_depth lets COPY read, for one.
+            raise PermanentError(
+                f"{current}: a row exceeds a limit of the target ({diagnostic(exc)}); "
+                "nothing was restored"
+            ) from exc
         raise RetryableError(f"restore lost the database while loading {current}: {exc}") from exc
     except psycopg.Error as exc:
         raise PermanentError(

@@ -3,7 +3,8 @@
 Relies on the writer's layout (docs/formats.md): the prologue, header, each table's opening and
 closing, each record and the metadata sit on lines of their own. A document reformatted by
 another tool is refused with a clear error rather than loaded whole. Record lines go through
-`JsonRecords` (orjson, jsonb as written), falling back to the exact parser.
+`JsonRecords` (orjson, jsonb as written), falling back to `object_members`, which reads them
+exactly at any nesting depth.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 
 from pipelines.formats.json_records import JsonRecords
+from pipelines.formats.json_text import object_members
 from pipelines.formats.metadata import header_from_fields, trailer_from_fields
 from pipelines.formats.stream import Event, KeyedRecords, iter_lines
 from pipelines.formats.values import CorruptExportError, loads_exact
@@ -50,9 +52,7 @@ def read_json(chunks: Iterable[bytes]) -> Iterator[Event]:
             if line == b"]":
                 table = None
             elif line.startswith(b"{"):
-                yield _record(fast, table, line) or records.from_json(
-                    table, _object(line, f"line {number}")
-                )
+                yield _record(fast, table, line) or _exact_record(records, table, line, number)
             else:
                 raise CorruptExportError(f"line {number}: expected a {table} record")
         elif line == b"}":
@@ -72,6 +72,14 @@ def _record(fast: JsonRecords, table: str, line: bytes) -> Record | None:
     except orjson.JSONDecodeError:
         return None
     return fast.record(table, fields, line) if fields.__class__ is dict else None
+
+
+def _exact_record(records: KeyedRecords, table: str, line: bytes, number: int) -> Record:
+    """Return the record of a record line read exactly, without recursion at any depth."""
+    try:
+        return records.from_members(table, object_members(line))
+    except CorruptExportError as exc:
+        raise CorruptExportError(f"line {number}: {exc}") from exc
 
 
 def _table_name(text: bytes, number: int) -> str:

@@ -3,7 +3,8 @@
 The writer embeds every jsonb value unparsed, as PostgreSQL printed it, so the record keeps that
 slice of the line instead of parsing the value exactly and printing it again. A line this cannot
 read exactly (a number orjson does not hold as written, a value of the wrong type, an unexpected
-layout) gets None back, and the reader uses the exact parser in `values`, with its result or error.
+layout, nesting too deep to compare) gets None back, and the reader uses the exact reader in
+`json_text`, with its result or error.
 """
 
 from __future__ import annotations
@@ -151,7 +152,9 @@ def _take_jsonb(layout: _Layout, values: list[Any], line: bytes) -> bool:
             # next column's, or a duplicate key, gives a different or invalid slice.
             if loads(raw) != values[index]:
                 return False
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, RecursionError):
+            # Comparing values nested about a thousand deep exceeds the recursion limit: the
+            # exact reader, which never builds the value, reads such a line instead.
             return False
         values[index] = raw.decode()
         start = end

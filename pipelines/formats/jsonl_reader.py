@@ -2,7 +2,8 @@
 
 Each line is one object whose `record_type` is a table name, `header` or `metadata`. Record lines
 go through `JsonRecords` (orjson, jsonb as written); any other line, or one it cannot read
-exactly, through the exact parser.
+exactly (a number orjson does not hold as written, jsonb nested past orjson's depth limit),
+through `object_members`, which splits it into exact member texts at any depth.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Final
 import orjson
 
 from pipelines.formats.json_records import JsonRecords
+from pipelines.formats.json_text import object_members
 from pipelines.formats.metadata import header_from_fields, trailer_from_fields
 from pipelines.formats.stream import Event, KeyedRecords, iter_lines
 from pipelines.formats.values import CorruptExportError, loads_exact
@@ -38,16 +40,33 @@ def read_jsonl(chunks: Iterable[bytes]) -> Iterator[Event]:
                 if record is not None:
                     yield record
                     continue
-        fields = loads_exact(line)
-        if not isinstance(fields, dict) or not isinstance(fields.get("record_type"), str):
-            raise CorruptExportError(f"line {number}: not an object with a record_type")
-        record_type = fields.pop("record_type")
-        if record_type == "header":
-            header = header_from_fields(fields)
-            if header.format_version != FORMAT_VERSION:
-                raise CorruptExportError(f"unsupported format version {header.format_version}")
-            yield header
-        elif record_type == "metadata":
-            yield trailer_from_fields(fields)
+        members = _members(line, number)
+        record_type = _record_type(members, number)
+        if record_type in _NOT_RECORDS:
+            fields = {key: loads_exact(text) for key, text in members}
+            if record_type == "header":
+                header = header_from_fields(fields)
+                if header.format_version != FORMAT_VERSION:
+                    raise CorruptExportError(f"unsupported format version {header.format_version}")
+                yield header
+            else:
+                yield trailer_from_fields(fields)
         else:
-            yield records.from_json(record_type, fields)
+            yield records.from_members(record_type, members)
+
+
+def _members(line: bytes, number: int) -> list[tuple[str, str]]:
+    try:
+        return object_members(line)
+    except CorruptExportError as exc:
+        raise CorruptExportError(f"line {number}: {exc}") from exc
+
+
+def _record_type(members: list[tuple[str, str]], number: int) -> str:
+    """Remove the one `record_type` member from `members` and return its string."""
+    found = [index for index, (key, _) in enumerate(members) if key == "record_type"]
+    text = members[found[0]][1] if len(found) == 1 else ""
+    if not text.startswith('"'):
+        raise CorruptExportError(f"line {number}: not an object with one record_type string")
+    del members[found[0]]
+    return str(loads_exact(text))

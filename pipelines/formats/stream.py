@@ -6,11 +6,11 @@ passes the records on and keeps the header, the trailer and its own counts for v
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Final
 
-from pipelines.formats.values import CorruptExportError, from_json_value
-from pipelines.records import ExportHeader, ExportTrailer, Record, Table, source_table
+from pipelines.formats.values import CorruptExportError, from_json_value, loads_exact
+from pipelines.records import ExportHeader, ExportTrailer, Kind, Record, Table, source_table
 
 Event = Record | ExportHeader | ExportTrailer
 
@@ -28,15 +28,22 @@ class RecordStream(Iterator[Record]):
         return self
 
     def __next__(self) -> Record:
-        for event in self._events:
-            if isinstance(event, Record):
-                name = event.table.name
-                self.counts[name] = self.counts.get(name, 0) + 1
-                return event
-            if isinstance(event, ExportHeader):
-                self.header = event
-            else:
-                self.trailer = event
+        try:
+            for event in self._events:
+                if isinstance(event, Record):
+                    name = event.table.name
+                    self.counts[name] = self.counts.get(name, 0) + 1
+                    return event
+                if isinstance(event, ExportHeader):
+                    self.header = event
+                else:
+                    self.trailer = event
+        except RecursionError as exc:
+            # Readers follow nesting without recursion; this only keeps a missed case a clear
+            # error about the export instead of a crash.
+            raise CorruptExportError(
+                f"a value is nested too deeply to read ({exc}); the export cannot be read back"
+            ) from exc
         raise StopIteration
 
 
@@ -93,3 +100,30 @@ class KeyedRecords:
             from_json_value(column.kind, fields[column.name]) for column in table.columns
         )
         return Record(table, values)
+
+    def from_members(self, name: str, members: Sequence[tuple[str, str]]) -> Record:
+        """Return the record for the members of an object line split by `object_members`.
+
+        A jsonb value is kept as its text, already checked to be JSON, so it is never parsed
+        into a tree whatever its depth; other values are scalars, parsed exactly.
+        """
+        keys = tuple(key for key, _ in members)
+        if len(set(keys)) != len(keys):
+            raise CorruptExportError(f"{name} record names a column twice")
+        table = self.table(name, keys)
+        return Record(
+            table,
+            tuple(
+                _member_value(column.kind, text)
+                for column, (_, text) in zip(table.columns, members, strict=True)
+            ),
+        )
+
+
+def _member_value(kind: Kind, text: str) -> str | None:
+    """Return the PostgreSQL text of one member's exact JSON text."""
+    if kind == "jsonb":
+        return text
+    if text[:1] in ("[", "{"):
+        raise CorruptExportError(f"a {kind} value cannot be a JSON array or object")
+    return from_json_value(kind, loads_exact(text))

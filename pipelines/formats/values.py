@@ -90,8 +90,10 @@ def loads_exact(text: str | bytes) -> object:
             parse_float=JsonNumber,
             parse_constant=_reject_constant,
         )
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         raise CorruptExportError(f"invalid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise CorruptExportError(f"JSON nested too deeply to parse exactly: {exc}") from exc
 
 
 # PostgreSQL's escape_json: the short escapes, `\u00xx` (lowercase) for other control characters,

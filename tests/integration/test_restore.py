@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -20,8 +20,9 @@ from psycopg import sql
 from exportctl.cli import main
 from exportctl.seeding import seed_database
 from pipelines.database import connect
-from pipelines.errors import PermanentError
+from pipelines.errors import PermanentError, RetryableError
 from pipelines.formats import CorruptExportError
+from pipelines.locations import open_location
 from pipelines.manifest import Manifest
 from pipelines.options import COMPRESSIONS, FORMATS, parse_options
 from pipelines.restore import (
@@ -34,6 +35,7 @@ from pipelines.restore import (
 )
 from pipelines.runner import ExportLimits, export_all
 from pipelines.storage.stores import ExportStore, LocalStore, S3Store
+from pipelines.verifier import verify_export
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -379,3 +381,105 @@ def test_file_whose_owner_is_not_in_the_export_fails_and_commits_nothing(
         _restore(empty_database_url, str(lone))
     assert "nothing was restored" in str(caught.value)
     assert not _table_exists(empty_database_url, "files")
+
+
+# --- deeply nested jsonb -------------------------------------------------------------------------
+
+# orjson stops at 1024 levels, Python's json module and `==` near 1000: the depths that failed.
+AUDITED_DEPTHS = (900, 1_000, 1_025, 1_100, 5_000)
+# Past what COPY reads at the default max_stack_depth (2 MB, about 13,800 levels of this shape);
+# storing it needs a larger one, as a server configured for it would have.
+DEEPER_THAN_DEFAULT = 20_000
+LARGER_STACK = "4MB"
+
+
+def _nested(depth: int) -> str:
+    """Return jsonb text as PostgreSQL prints it: arrays and objects alternating, `depth` deep."""
+    opening = "".join('{"k": ' if level % 2 else "[" for level in range(depth))
+    closing = "".join("}" if level % 2 else "]" for level in reversed(range(depth)))
+    return opening + "1" + closing
+
+
+def _copies_as_jsonb(conn: psycopg.Connection[Any], text: str) -> bool:
+    try:
+        with conn.transaction(), conn.cursor() as cursor:
+            cursor.execute("CREATE TEMP TABLE restore_probe (value jsonb) ON COMMIT DROP")
+            with cursor.copy("COPY restore_probe (value) FROM STDIN") as copy:
+                copy.write_row((text,))
+    except psycopg.errors.StatementTooComplex:
+        return False
+    return True
+
+
+def _deepest_copied_jsonb(url: str) -> int:
+    """Return the deepest value of `_nested`'s shape that COPY, as restore uses it, reads."""
+    low, high = 5_000, 100_000  # accepted, refused (checked below)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert _copies_as_jsonb(conn, _nested(low))
+        assert not _copies_as_jsonb(conn, _nested(high))
+        while low + 1 < high:
+            middle = (low + high) // 2
+            low, high = (middle, high) if _copies_as_jsonb(conn, _nested(middle)) else (low, middle)
+    return low
+
+
+def _store_deep_values(url: str, depths: Iterable[int]) -> None:
+    """Give `url` one user whose settings, and files whose metadata, are nested `depths` deep."""
+    owner = "0b5f7c1e-0000-4000-8000-000000000001"
+    with connect(url) as conn:
+        conn.execute(
+            "INSERT INTO users (id, email, display_name, settings)"
+            " VALUES (%s, 'a', 'A', %s::jsonb)",
+            (owner, _nested(max(depths))),
+        )
+        for number, depth in enumerate(depths):
+            conn.execute(
+                "INSERT INTO files (id, owner_id, path, size_bytes, content_type, sha256,"
+                " metadata, object_key) VALUES (%s, %s, 'p', 1, 'c', %s, %s::jsonb, 'k')",
+                (str(uuid.UUID(int=number + 1)), owner, "ab" * 32, _nested(depth)),
+            )
+        conn.commit()
+
+
+@pytest.mark.parametrize(("export_format", "compression"), [*itertools.product(FORMATS, ["zstd"])])
+def test_jsonb_nested_as_deep_as_copy_reads_restores_exactly_and_verifies(
+    database_url: str, empty_database_url: str, tmp_path: Path, export_format: str, compression: str
+) -> None:
+    deepest = _deepest_copied_jsonb(empty_database_url)
+    assert deepest >= 5_000
+    _store_deep_values(database_url, (*AUDITED_DEPTHS, deepest))
+    _export(database_url, LocalStore(tmp_path), export_format, compression)
+    assert verify_export(open_location(str(tmp_path), s3_client=None)).passed
+    report = _restore(empty_database_url, str(tmp_path))
+    assert dict(report.counts) == {"users": 1, "files": len(AUDITED_DEPTHS) + 1}
+    _assert_same_data(database_url, empty_database_url)
+
+
+def test_jsonb_deeper_than_the_target_reads_is_refused_until_its_stack_allows_it(
+    stack: StackEndpoints, database_url: str, empty_database_url: str, tmp_path: Path
+) -> None:
+    source = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    target = psycopg.conninfo.conninfo_to_dict(empty_database_url)["dbname"]
+    with psycopg.connect(stack.database_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} SET max_stack_depth = {}").format(
+                sql.Identifier(str(source)), sql.Literal(LARGER_STACK)
+            )
+        )
+    _store_deep_values(database_url, (DEEPER_THAN_DEFAULT,))
+    _export(database_url, LocalStore(tmp_path), "jsonl", "gzip")
+    assert verify_export(open_location(str(tmp_path), s3_client=None)).passed
+    # A retry cannot help: the error is permanent and says which setting decides.
+    with pytest.raises(PermanentError, match="max_stack_depth") as caught:
+        _restore(empty_database_url, str(tmp_path))
+    assert not isinstance(caught.value, RetryableError)
+    assert "nothing was restored" in str(caught.value)
+    assert not _table_exists(empty_database_url, "users")
+    with psycopg.connect(stack.database_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} SET max_stack_depth = {}").format(
+                sql.Identifier(str(target)), sql.Literal(LARGER_STACK)
+            )
+        )
+    _restore(empty_database_url, str(tmp_path))
+    _assert_same_data(database_url, empty_database_url)
