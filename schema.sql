@@ -732,7 +732,12 @@ WITH exports AS (
                                                                        AS oldest_queued_age_seconds,
         avg(extract(epoch FROM finished_at - started_at))
             FILTER (WHERE status = 'completed' AND finished_at >= now() - interval '24 hours')
-            ::double precision                                         AS avg_duration_seconds_24h
+            ::double precision                                         AS avg_duration_seconds_24h,
+        -- How long the oldest of the exports awaiting_cleanup counts has waited: unlike the
+        -- count, it stays low while cleanup keeps up with a steady stream of expiring exports.
+        extract(epoch FROM now() - min(expires_at)
+            FILTER (WHERE status = 'completed' AND expires_at < now()))::double precision
+            AS oldest_awaiting_cleanup_age_seconds
     FROM data_exports
 ), shards AS (
     SELECT
@@ -768,7 +773,8 @@ SELECT
     exports.oldest_queued_age_seconds,
     exports.avg_duration_seconds_24h,
     scheduling.overdue_scheduled_count,
-    scheduling.oldest_due_age_seconds
+    scheduling.oldest_due_age_seconds,
+    exports.oldest_awaiting_cleanup_age_seconds
 FROM exports CROSS JOIN shards CROSS JOIN scheduling;
 COMMENT ON VIEW export_health_metrics IS
     'One row of operational health: backlog, stuck jobs (expired leases), outcomes and success '

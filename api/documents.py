@@ -148,6 +148,7 @@ HEALTH_FIELDS = (
     ("avg_duration_seconds_24h", "avgDurationSeconds24h"),
     ("overdue_scheduled_count", "overdueScheduledCount"),
     ("oldest_due_age_seconds", "oldestDueAgeSeconds"),
+    ("oldest_awaiting_cleanup_age_seconds", "oldestAwaitingCleanupAgeSeconds"),
 )
 
 

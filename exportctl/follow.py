@@ -46,6 +46,21 @@ def settled(document: dict[str, Any]) -> bool:
     return bool(status == "completed" and document["verification"]["status"] != "pending")
 
 
+def unusable_reason(document: dict[str, Any]) -> str | None:
+    """Return why the export is of no use (it failed, expired, or failed verification), or None."""
+    status = document["status"]
+    if status == "completed":
+        if (document.get("verification") or {}).get("status") == "failed":
+            return "completed, but its verification FAILED: do not rely on it"
+        return None
+    if status == "expired":
+        return "expired: its retention ended and its objects were deleted"
+    if status in ENDED:
+        error = document.get("error") or {}
+        return f"{status}: {error.get('message') or 'no reason recorded'}"
+    return None
+
+
 def describe(document: dict[str, Any] | None, waiting_for: str) -> str:
     """Return a short state: queued, running 40%, verifying, verified, FAILED ..."""
     if document is None:

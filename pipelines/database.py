@@ -8,7 +8,7 @@ connection failures translated into `RetryableError`. It opens connections; it r
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg import conninfo
@@ -26,6 +26,9 @@ KEEPALIVE_COUNT = 3
 DEFAULT_APPLICATION_NAME = "data-export"
 # What a password looks like in logs and error messages.
 REDACTED = "***"
+# libpq connection parameters that hold a secret, wherever the URL carries them (the user-info
+# part, the query string, or key=value conninfo).
+SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 
 
 def _session_options(existing: str | None, statement_timeout_ms: int | None) -> str:
@@ -71,21 +74,36 @@ def connect(
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with any password replaced by `***`, fit for logs and error messages."""
+    """Return `url` with every password replaced by `***`, fit for logs and error messages."""
     if "://" not in url:
         try:
             params = conninfo.conninfo_to_dict(url)
         except psycopg.ProgrammingError:
             return "<unparsable connection string>"
-        if params.get("password"):
-            params["password"] = REDACTED
+        for name in SECRET_PARAMETERS & params.keys():
+            if params[name]:
+                params[name] = REDACTED
         return conninfo.make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    netloc = f"{parts.username or ''}:{REDACTED}@{host}"
-    return parts._replace(netloc=netloc).geturl()
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a malformed host such as an unclosed IPv6 bracket
+        return "<unparsable connection string>"
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}")
+    if parts.query:
+        parts = parts._replace(query=_redact_query(parts.query))
+    return parts.geturl()
+
+
+def _redact_query(query: str) -> str:
+    """Return a URL query with the value of every secret parameter replaced, the rest as given."""
+    redacted = []
+    for item in query.split("&"):
+        name, equals, _ = item.partition("=")
+        secret = equals and unquote(name) in SECRET_PARAMETERS
+        redacted.append(f"{name}={REDACTED}" if secret else item)
+    return "&".join(redacted)
 
 
 def translate_error(exc: psycopg.Error, action: str) -> ExportError:

@@ -170,7 +170,10 @@ def _verify_manifest(
         report.notes.append(NO_OBJECT_KEYS_NOTE)
     checker = file_checker() if file_checker is not None and has_keys else None
     if checker is None and has_keys:
-        report.notes.append("file objects not checked: no bucket was given to check them in")
+        report.notes.append(
+            "file objects not checked: this verification had no bucket to check them in"
+            " (`exportctl verify --skip-file-objects` asks for that)"
+        )
     if checker is None:
         _verify_objects(
             location, manifest, names=names, report=report, on_record=None, progress=progress

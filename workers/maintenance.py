@@ -17,7 +17,9 @@ import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.errors import ExportError
+from pipelines.jobs import get_export
 from pipelines.storage.s3_errors import translate_s3_error
+from workers import metrics
 from workers.fanin import finalize_if_done
 from workers.rows import audit
 from workers.runtime import Runtime
@@ -88,6 +90,10 @@ def fail_stuck_exports(
                 export_id = row_id if kind == "export" else _export_of(conn, row_id)
                 shard_id = row_id if kind == "shard" else None
                 audit(conn, export_id, "export.stuck", reason, level="error", shard_id=shard_id)
+                if kind == "export" and (ended := get_export(conn, row_id)) is not None:
+                    # Counted as a worker counts its failures; a shard counts with its bulk
+                    # export, when the fan-in fails that.
+                    metrics.export_row_ended(ended)
                 if upload_id:
                     _abort_failed_upload(
                         runtime, conn, table, row_id, export_id=export_id, upload_id=str(upload_id)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import CollectorRegistry, Counter, Histogram
 
 # Dramatiq's own default folder for its metrics, so both writers agree without configuration.
 DEFAULT_DB_PATH: Final = os.path.join(tempfile.gettempdir(), "dramatiq-prometheus")
@@ -45,6 +45,7 @@ def use_multiprocess_dir(environ: Mapping[str, str], target: MutableMapping[str,
 
 @dataclass(frozen=True)
 class _Instruments:
+    registry: CollectorRegistry
     exports: Counter
     rows: Counter
     stored_bytes: Counter
@@ -75,9 +76,10 @@ def _build() -> _Instruments:
     registry = prom.CollectorRegistry()  # private: the exposition reads the shared folder
     labels = ["export_type", "format"]
     return _Instruments(
+        registry=registry,
         exports=prom.Counter(
             "data_export_exports",
-            "Exports (and bulk shards) that ended, by outcome.",
+            "User and bulk exports that ended, by outcome (a bulk export once, not per shard).",
             ["status", *labels],
             registry=registry,
         ),
@@ -178,6 +180,11 @@ def export_row_ended(row: Mapping[str, Any], *, seconds: float | None = None) ->
         stored_bytes=int(row.get("size_bytes") or 0),
         content_bytes=int(row.get("content_size_bytes") or 0),
     )
+
+
+def sample_value(name: str, labels: Mapping[str, str]) -> float:
+    """Return one sample of this process's metrics, 0 when nothing was counted under it."""
+    return _get().registry.get_sample_value(name, dict(labels)) or 0.0
 
 
 def verification_ended(*, outcome: str, export_type: str, seconds: float) -> None:

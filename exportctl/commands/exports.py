@@ -3,7 +3,9 @@
 Talks to the HTTP API like any client, with a bearer token (`--token` or EXPORTCTL_TOKEN; on the
 local stack, `exportctl token` makes one) at `--api` (or EXPORTCTL_API_URL). Downloads follow
 the download URL and keep the file only if its SHA-256 matches the one the export recorded.
-Tables and progress bars on a terminal, plain lines when piped.
+`status` exits non-zero when the export is of no use (failed, expired, verification failed) or
+`--watch` gave up; its --help lists the codes. Tables and progress bars on a terminal, plain
+lines when piped.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import argparse
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from exportctl.api_client import ApiClient
 from exportctl.environment import process_environ
-from exportctl.follow import Tracked, describe, follow
+from exportctl.follow import Tracked, describe, follow, settled, unusable_reason
 from exportctl.output import Table, print_table
 from pipelines.errors import PermanentError
 
@@ -28,6 +30,20 @@ TOKEN_VARIABLE = "EXPORTCTL_TOKEN"  # noqa: S105 - a variable name, not a secret
 # Seconds `status --watch` follows an export before giving up (a large bulk export takes longer:
 # watch again).
 WATCH_TIMEOUT_SECONDS = 3600.0
+# Exit statuses of `exports status`, for scripts and cron jobs that act on an export's outcome.
+EXIT_USABLE = 0
+EXIT_UNUSABLE = 1
+EXIT_WATCH_GAVE_UP = 3
+STATUS_EPILOG = f"""\
+exit status:
+  {EXIT_USABLE}  the export completed and its verification did not fail (passed, or still
+     pending); without --watch, also an export still queued or running
+  {EXIT_UNUSABLE}  the export failed, was cancelled or expired, or its verification failed; also
+     any error of the command itself (API unreachable, unknown export, bad token)
+  2  invalid arguments
+  {EXIT_WATCH_GAVE_UP}  --watch gave up ({WATCH_TIMEOUT_SECONDS:.0f} s) with the export still
+     queued, running or being verified: watch again
+"""
 LIST_LIMIT = 20  # rows `list` shows by default: one screen
 
 
@@ -65,7 +81,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--status", help="only exports in this status")
     listing.add_argument("--limit", type=int, default=LIST_LIMIT, help="rows (default %(default)s)")
     listing.set_defaults(handler=run_list)
-    status = actions.add_parser("status", help="one export's status and verification")
+    status = actions.add_parser(
+        "status",
+        help="one export's status and verification",
+        description="Print one export's status and verification; with --watch, follow it first.",
+        epilog=STATUS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     status.add_argument("export_id", metavar="ID")
     status.add_argument("--watch", action="store_true", help="follow it until it settles")
     status.set_defaults(handler=run_status)
@@ -107,14 +129,42 @@ def run_list(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     """Print one export's status; with --watch, follow it until it settles first."""
     client = client_from_args(args)
-    if args.watch:
-        tracked = Tracked(f"export {args.export_id[:8]}", args.export_id)
-        console = Console() if sys.stdout.isatty() else None
-        follow(client, [tracked], timeout_seconds=WATCH_TIMEOUT_SECONDS, stream=sys.stdout,
-               console=console)  # fmt: skip
-    document = client.get(f"/api/exports/{args.export_id}/status")["export"]
-    print_table(Table(f"Export {document['id']}", ("field", "value"), _status_rows(document)))
-    return 0 if document["status"] not in ("failed", "cancelled") else 1
+    return show_status(client, args.export_id, watch=args.watch, out=sys.stdout, err=sys.stderr)
+
+
+def show_status(
+    client: ApiClient,
+    export_id: str,
+    *,
+    watch: bool,
+    out: TextIO,
+    err: TextIO,
+    watch_seconds: float = WATCH_TIMEOUT_SECONDS,
+) -> int:
+    """Print the export's status, after following it with `watch`; return the exit status."""
+    settled_in_time = True
+    if watch:
+        tracked = Tracked(f"export {export_id[:8]}", export_id)
+        console = Console(file=out) if out.isatty() else None
+        settled_in_time = follow(
+            client, [tracked], timeout_seconds=watch_seconds, stream=out, console=console
+        )
+    document = client.get(f"/api/exports/{export_id}/status")["export"]
+    print_table(Table(f"Export {document['id']}", ("field", "value"), _status_rows(document)), out)
+    out.flush()
+    reason = unusable_reason(document)
+    if reason is not None:
+        print(f"exportctl: export {document['id']} {reason}", file=err)
+        return EXIT_UNUSABLE
+    # Checked again after the last read: the export may have settled since follow() gave up.
+    if watch and not settled_in_time and not settled(document):
+        print(
+            f"exportctl: export {document['id']} is still {describe(document, '-')} after "
+            f"{watch_seconds:.0f} s of --watch; watch it again",
+            file=err,
+        )
+        return EXIT_WATCH_GAVE_UP
+    return EXIT_USABLE
 
 
 def run_download(args: argparse.Namespace) -> int:

@@ -2,8 +2,10 @@
 
 SOURCE is an export folder or `s3://bucket/prefix/` (objects plus manifest.json), or one data
 object. The target is always named with --database, never taken from DATABASE_URL, so a restore
-cannot land in the configured database by accident. S3 settings come from S3_* variables, else the
-local development stack. Everything is loaded in one transaction: on any error nothing is kept.
+cannot land in the configured database by accident. S3 is chosen as `exportctl verify` chooses
+it: the server S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY (with S3_ENDPOINT_URL, S3_REGION) name;
+the local development stack only when no S3 variable is set; an error when only some are.
+Everything is loaded in one transaction: on any error nothing is kept.
 """
 
 from __future__ import annotations
@@ -11,22 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from exportctl.commands.verify import s3_config
 from pipelines.database import connect, redact_url
 from pipelines.restore import RestoreProgress, RestoreReport, RestoreSource, open_source, restore
-from pipelines.storage.client import create_s3_client
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
 
 APPLICATION_NAME = "exportctl-restore"
-S3_VARIABLES = ("S3_BUCKET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Restore SOURCE into --database and print what was loaded."""
     environ = os.environ  # noqa: TID251 - this command is an entry point
-    client = _s3_client(environ) if args.source.startswith("s3://") else None
+    client = s3_config(environ).client() if args.source.startswith("s3://") else None
     source = open_source(args.source, s3_client=client)
     with (
         connect(args.database, application_name=APPLICATION_NAME) as conn,
@@ -110,23 +107,3 @@ def _progress(source: RestoreSource) -> Iterator[Callable[[RestoreProgress], Non
             )
 
         yield update
-
-
-def _s3_client(environ: Mapping[str, str]) -> S3Client:
-    """Build the S3 client from S3_* variables, else from the local development stack."""
-    if all(environ.get(name) for name in S3_VARIABLES):
-        return create_s3_client(
-            endpoint_url=environ.get("S3_ENDPOINT_URL") or None,
-            region=environ.get("S3_REGION") or "auto",
-            access_key_id=environ["S3_ACCESS_KEY_ID"],
-            secret_access_key=environ["S3_SECRET_ACCESS_KEY"],
-        )
-    from exportctl.devstack import LocalStack  # the stack's packages are only needed here
-
-    stack = LocalStack(Path(environ.get("EXPORTCTL_DEV_ROOT", ".dev"))).up(environ)
-    return create_s3_client(
-        endpoint_url=stack.s3_endpoint_url,
-        region=stack.s3_region,
-        access_key_id=stack.s3_access_key_id,
-        secret_access_key=stack.s3_secret_access_key,
-    )

@@ -2,8 +2,10 @@
 
 Checks the manifest, SHA256SUMS, sidecars and every data object (both SHA-256s, sizes, format,
 record counts), then, when the export carries object keys, that each file object exists in the
-bucket with its recorded size (and SHA-256 with `--deep`). S3 comes from `S3_*` variables, else
-the local dev stack. Exit 0 only when verification passed, 1 when it found problems.
+bucket with its recorded size (and SHA-256 with `--deep`). S3 is the server S3_ACCESS_KEY_ID and
+S3_SECRET_ACCESS_KEY (with S3_ENDPOINT_URL, S3_REGION, S3_BUCKET) name; with no S3 variable set,
+the local dev stack's; with only some set, an error (`exportctl restore` decides the same way).
+Exit 0 only when verification passed, 1 when it found problems.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 import orjson
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from exportctl.environment import dev_root
 from exportctl.output import Table, print_table
+from pipelines.errors import PermanentError
 from pipelines.file_objects import DEFAULT_WORKERS, FileObjectChecker, S3ObjectInspector
 from pipelines.locations import open_location
 from pipelines.storage.client import create_s3_client
@@ -28,8 +32,69 @@ from pipelines.verifier import VerificationReport, verify_export
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-# Variables that name an S3 server explicitly; without both keys the local dev stack is used.
+# Both keys select the S3 server the variables name. Any of S3_VARIABLES set means one was meant,
+# so the local dev stack is then never started in its place: a partial setting is an error.
 S3_KEY_VARIABLES = ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
+S3_VARIABLES = ("S3_ENDPOINT_URL", "S3_BUCKET", *S3_KEY_VARIABLES)
+DEFAULT_S3_REGION = "auto"
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """The S3 server to read from and its credentials; `bucket` is "" when S3_BUCKET is unset."""
+
+    endpoint_url: str | None
+    region: str
+    access_key_id: str
+    secret_access_key: str = field(repr=False)  # never in a log line or a traceback
+    bucket: str = ""
+
+    def client(self) -> S3Client:
+        """Return a client for this server."""
+        return create_s3_client(
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+        )
+
+
+def configured_s3(environ: Mapping[str, str]) -> S3Config | None:
+    """Return the S3 server the S3_* variables name; None when none is set (use the dev stack)."""
+    if all(environ.get(name) for name in S3_KEY_VARIABLES):
+        return S3Config(
+            endpoint_url=environ.get("S3_ENDPOINT_URL") or None,
+            region=environ.get("S3_REGION") or DEFAULT_S3_REGION,
+            access_key_id=environ["S3_ACCESS_KEY_ID"],
+            secret_access_key=environ["S3_SECRET_ACCESS_KEY"],
+            bucket=environ.get("S3_BUCKET", ""),
+        )
+    named = [name for name in S3_VARIABLES if environ.get(name)]
+    if named:
+        missing = [name for name in S3_KEY_VARIABLES if not environ.get(name)]
+        raise PermanentError(
+            f"{', '.join(named)} set, but not {' and '.join(missing)}: set both keys to use that "
+            "S3 server, or unset every S3_* variable to use the local development stack"
+        )
+    return None
+
+
+def s3_config(environ: Mapping[str, str]) -> S3Config:
+    """Return the S3 server the variables name, else bring up the local dev stack and use its."""
+    configured = configured_s3(environ)
+    if configured is not None:
+        return configured
+    # Imported here: the local stack's packages are only needed when nothing is set.
+    from exportctl.devstack import LocalStack
+
+    stack = LocalStack(dev_root(environ)).up(environ)
+    return S3Config(
+        endpoint_url=stack.s3_endpoint_url,
+        region=stack.s3_region,
+        access_key_id=stack.s3_access_key_id,
+        secret_access_key=stack.s3_secret_access_key,
+        bucket=stack.s3_bucket,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,24 +177,9 @@ class _S3Access:
         return self._bucket
 
     def _configure(self) -> None:
-        environ = self._environ
-        if all(environ.get(name) for name in S3_KEY_VARIABLES):
-            endpoint = environ.get("S3_ENDPOINT_URL") or None
-            region = environ.get("S3_REGION") or "auto"
-            key_id, secret = environ["S3_ACCESS_KEY_ID"], environ["S3_SECRET_ACCESS_KEY"]
-            bucket = environ.get("S3_BUCKET", "")
-        else:
-            # Imported here: the local stack's packages are only needed when nothing is set.
-            from exportctl.devstack import LocalStack
-
-            stack = LocalStack(Path(environ.get("EXPORTCTL_DEV_ROOT", ".dev"))).up(environ)
-            endpoint, region = stack.s3_endpoint_url, stack.s3_region
-            key_id, secret = stack.s3_access_key_id, stack.s3_secret_access_key
-            bucket = stack.s3_bucket
-        self._client = create_s3_client(
-            endpoint_url=endpoint, region=region, access_key_id=key_id, secret_access_key=secret
-        )
-        self._bucket = bucket
+        config = s3_config(self._environ)
+        self._client = config.client()
+        self._bucket = config.bucket
 
 
 class _RichProgress:

@@ -731,6 +731,7 @@ def test_health_metrics_count_backlog_stuck_jobs_and_outcomes(history: History) 
             "avg_duration_seconds_24h": 20.0,
             "overdue_scheduled_count": 2,
             "oldest_due_age_seconds": 1800.0,
+            "oldest_awaiting_cleanup_age_seconds": 3600.0,
         }
     ]
 
@@ -861,3 +862,44 @@ def test_db_check_reports_an_unreachable_database_without_its_password() -> None
     assert result.returncode == 1
     assert "cannot connect to PostgreSQL at postgresql://exporter:***@127.0.0.1" in result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_oldest_awaiting_cleanup_age_covers_exactly_what_awaiting_cleanup_counts(
+    database_url: str,
+) -> None:
+    # One transaction, so now() in the inserted times and in the view is the same instant.
+    with connect(database_url) as connection, connection.transaction(force_rollback=True):
+        now_row = connection.execute("SELECT now()").fetchone()
+        assert now_row is not None
+        now: datetime = now_row[0]
+        user = _user(connection)
+
+        def health() -> dict[str, Any]:
+            with connection.cursor(row_factory=dict_row) as cur:
+                row = cur.execute("SELECT * FROM export_health_metrics").fetchone()
+            assert row is not None
+            return row
+
+        assert health()["oldest_awaiting_cleanup_age_seconds"] is None
+        finished = {"finished_at": now - timedelta(days=30)}
+        for columns in (
+            # awaiting cleanup: completed and past its expiry (7 hours and 1 hour ago)
+            _completed(expires_at=now - timedelta(hours=7), **finished),
+            _completed(expires_at=now - timedelta(hours=1), **finished),
+            # not awaiting cleanup: still within its retention, or already cleaned up (expired),
+            # or failed (its leftovers are purged, but it was never a completed export)
+            _completed(expires_at=now + timedelta(days=1), **finished),
+            _completed(status="expired", expires_at=now - timedelta(days=9), **finished),
+            {
+                "status": "failed",
+                "error_message": "x",
+                "expires_at": now - timedelta(days=8),
+                **finished,
+            },
+        ):
+            _insert(connection, "data_exports", {"user_id": user, "format": "json", **columns})
+
+        row = health()
+        assert row["awaiting_cleanup"] == 2
+        assert row["oldest_awaiting_cleanup_age_seconds"] == 7 * 3600.0
+        assert list(row)[-1] == "oldest_awaiting_cleanup_age_seconds"

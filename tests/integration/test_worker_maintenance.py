@@ -15,7 +15,7 @@ from pipelines.database import connect
 from pipelines.jobs import NewExport, create_export, export_logs
 from pipelines.options import parse_options
 from pipelines.verifier import VerificationReport
-from workers import verification
+from workers import metrics, verification
 from workers.attempt import Outcome
 from workers.config import WorkerSettings
 from workers.maintenance import (
@@ -459,3 +459,62 @@ def test_export_past_its_expiry_while_being_verified_records_no_verification(
             "SELECT count(*) FROM webhook_deliveries WHERE export_id = %s", (export_id,)
         ).fetchone()
     assert owed == (0,)
+
+
+def _exports_counted(status: str, export_type: str) -> float:
+    labels = {"status": status, "export_type": export_type, "format": "json"}
+    return metrics.sample_value("data_export_exports_total", labels)
+
+
+def test_exports_failed_by_the_stuck_sweep_are_counted_as_failed_once(runtime: Runtime) -> None:
+    stuck = _create(runtime)
+    never_picked = _create(runtime)
+    _running(runtime, stuck)
+    _sql(
+        runtime,
+        "UPDATE data_exports SET lease_expires_at = now() - interval '20 minutes' WHERE id = %s",
+        stuck,
+    )
+    _sql(
+        runtime,
+        "UPDATE data_exports SET created_at = now() - interval '2 days' WHERE id = %s",
+        never_picked,
+    )
+    before = _exports_counted("failed", "user")
+
+    assert fail_stuck_exports(runtime) == 2
+    assert _exports_counted("failed", "user") == before + 2
+
+    assert fail_stuck_exports(runtime) == 0
+    assert _exports_counted("failed", "user") == before + 2
+
+
+def test_a_stuck_shard_is_counted_only_as_its_failed_bulk_export(runtime: Runtime) -> None:
+    export_id = _create(runtime)
+    _sql(runtime, "UPDATE data_exports SET export_type = 'bulk' WHERE id = %s", export_id)
+    _running(runtime, export_id)
+    with connect(runtime.settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE data_exports SET shard_count = 2, snapshot_at = now() WHERE id = %s",
+            (export_id,),
+        )
+        for index in (1, 2):
+            shard = conn.execute(
+                "INSERT INTO export_shards (export_id, shard_index, part_size_bytes)"
+                " VALUES (%s, %s, %s) RETURNING id::text",
+                (export_id, index, PART),
+            ).fetchone()
+            assert shard is not None
+            claimed = claim(conn, "shard", shard[0], owner="w2", lease_seconds=60, max_attempts=3)
+            assert claimed.lease is not None
+        conn.execute(
+            "UPDATE export_shards SET lease_expires_at = now() - interval '20 minutes'"
+            " WHERE export_id = %s",
+            (export_id,),
+        )
+    before = _exports_counted("failed", "bulk")
+
+    assert fail_stuck_exports(runtime) == 2
+
+    assert _row(runtime, export_id)["status"] == "failed"
+    assert _exports_counted("failed", "bulk") == before + 1

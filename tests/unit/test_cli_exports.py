@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,14 @@ from exportctl.api_client import (
     _Partial,
     _receive,
 )
-from exportctl.commands.exports import client_from_args
+from exportctl.cli import build_parser
+from exportctl.commands.exports import (
+    EXIT_UNUSABLE,
+    EXIT_USABLE,
+    EXIT_WATCH_GAVE_UP,
+    client_from_args,
+    show_status,
+)
 from exportctl.follow import describe, settled
 from pipelines.errors import PermanentError
 
@@ -130,3 +138,102 @@ def test_an_export_settles_when_failed_or_verified() -> None:
     assert describe(verified, "-") == "verified"
     assert describe(failed, "-") == "FAILED: too large"
     assert describe(None, "due at 10:00:05") == "due at 10:00:05"
+
+
+EXPORT_ID = "0b6f8a52-6a3e-4f3c-9a57-3f1f4c1d2e10"
+
+
+class StatusApi:
+    """Answers every status request with the next document, then keeps giving the last one."""
+
+    def __init__(self, *documents: dict[str, Any]) -> None:
+        self._documents = list(documents)
+
+    def get(self, path: str, params: Any = None) -> dict[str, Any]:
+        assert path == f"/api/exports/{EXPORT_ID}/status"
+        document = self._documents.pop(0) if len(self._documents) > 1 else self._documents[0]
+        return {"export": document}
+
+
+def _document(status: str, verification: str = "pending", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": EXPORT_ID,
+        "type": "user",
+        "status": status,
+        "format": "json",
+        "compression": "zstd",
+        "userId": "u1",
+        "verification": {"status": verification},
+        **extra,
+    }
+
+
+def _status(api: StatusApi, *, watch: bool = False) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = show_status(
+        api,  # type: ignore[arg-type]
+        EXPORT_ID,
+        watch=watch,
+        out=out,
+        err=err,
+        watch_seconds=0,
+    )
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_status_of_a_verified_export_exits_0() -> None:
+    code, out, err = _status(StatusApi(_document("completed", "passed")), watch=True)
+    assert (code, err) == (EXIT_USABLE, "")
+    assert "verified" in out
+
+
+def test_status_of_an_export_whose_verification_failed_exits_1_saying_so() -> None:
+    code, out, err = _status(StatusApi(_document("completed", "failed")))
+    assert code == EXIT_UNUSABLE
+    assert "verification FAILED" in out
+    assert f"export {EXPORT_ID} completed, but its verification FAILED" in err
+
+
+def test_status_of_an_expired_export_exits_1_saying_so() -> None:
+    code, _, err = _status(StatusApi(_document("expired", "passed")), watch=True)
+    assert code == EXIT_UNUSABLE
+    assert f"export {EXPORT_ID} expired" in err
+
+
+def test_status_of_a_failed_export_exits_1_with_its_reason() -> None:
+    failed = _document("failed", error={"code": "stuck", "message": "the worker w1 stopped"})
+    code, _, err = _status(StatusApi(failed))
+    assert code == EXIT_UNUSABLE
+    assert f"export {EXPORT_ID} failed: the worker w1 stopped" in err
+
+
+def test_watch_that_gives_up_on_a_running_export_exits_3() -> None:
+    running = _document("running", progress=40)
+    code, out, err = _status(StatusApi(running), watch=True)
+    assert code == EXIT_WATCH_GAVE_UP
+    assert "running 40%" in out
+    assert "is still running 40% after 0 s of --watch" in err
+
+
+def test_watch_that_gives_up_while_verification_is_pending_exits_3() -> None:
+    code, _, err = _status(StatusApi(_document("completed")), watch=True)
+    assert code == EXIT_WATCH_GAVE_UP
+    assert "is still verifying" in err
+
+
+def test_status_without_watch_of_a_running_export_exits_0() -> None:
+    assert _status(StatusApi(_document("running", progress=10)))[0] == EXIT_USABLE
+
+
+def test_watch_reports_an_export_that_settled_after_follow_gave_up() -> None:
+    api = StatusApi(_document("running"), _document("completed", "passed"))
+    assert _status(api, watch=True)[0] == EXIT_USABLE
+
+
+def test_status_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["exports", "status", "--help"])
+    help_text = capsys.readouterr().out
+    assert "exit status:" in help_text
+    for code in (EXIT_USABLE, EXIT_UNUSABLE, EXIT_WATCH_GAVE_UP):
+        assert f"\n  {code}  " in help_text

@@ -522,3 +522,35 @@ def test_kubernetes_config_map_values_pass_the_settings_checks() -> None:
         "JWT_SECRET": "x" * 48,
     }
     Settings.from_env({**values, **secrets})
+
+
+def _procfile_queues(process: str) -> str:
+    words = _procfile()[process][1]
+    return " ".join(words[words.index("--queues") + 1 :])
+
+
+def test_runbook_names_the_queues_the_procfile_and_autoscaling_use() -> None:
+    runbook = " ".join(RUNBOOK.read_text(encoding="utf-8").split())  # lines joined
+    worker, verifier = _procfile_queues("worker"), _procfile_queues("verifier")
+    row = re.search(r"\| `worker` \| `dramatiq workers\.actors \.\.\. --queues ([^`]+)`", runbook)
+    assert row is not None
+    assert row.group(1) == worker
+    consumed = re.search(r"Workers take `([^`]+)`[^`]*, verifiers `([^`]+)`", runbook)
+    assert consumed is not None
+    assert consumed.groups() == (worker, verifier)
+    keda = runbook[runbook.index("KEDA scales") : runbook.index("(`worker-autoscaling.yaml`)")]
+    scaled = {
+        trigger["metadata"]["listName"]
+        for _, obj in _kubernetes_objects()
+        if obj["kind"] == "ScaledObject"
+        for trigger in obj["spec"]["triggers"]
+    }
+    assert set(re.findall(r"`(dramatiq:[a-z.]+)`", keda)) == scaled
+
+
+def test_cleanup_alert_watches_the_oldest_expired_export_not_how_many_wait() -> None:
+    rule = next(rule for rule in _alert_rules() if rule["alert"] == "DataExportCleanupBehind")
+    assert _metric_names(rule["expr"]) == {"data_export_oldest_awaiting_cleanup_age_seconds"}
+    assert ("oldest_awaiting_cleanup_age_seconds", "oldestAwaitingCleanupAgeSeconds") in (
+        HEALTH_FIELDS
+    )

@@ -323,7 +323,7 @@ def test_intact_directory_export_passes_and_reports_counts(tmp_path: Path) -> No
     assert document["passed"] is True
     assert document["problems"] == []
     # Object keys are there, but nobody gave a bucket to check them in.
-    assert any("no bucket" in note for note in report.notes)
+    assert any("had no bucket to check them in" in note for note in report.notes)
 
 
 def test_directory_export_lists_problems_of_every_kind(tmp_path: Path) -> None:
