@@ -8,8 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.payloads import IDEMPOTENCY_HEADER
+from api.resources.exports import REPLAYED_HEADER
 from api.resources.schedule_shared import MAX_PAGE_SIZE, PRIORITIES
+from api.schedule_policy import (
+    MAX_PENDING_REQUESTS_PER_ADMIN,
+    MAX_PENDING_REQUESTS_PER_USER,
+    MAX_SCHEDULES_PER_ADMIN,
+    MAX_SCHEDULES_PER_USER,
+)
 from pipelines.options import COMPRESSIONS, FORMATS
+from workers.scheduling.occurrences import MAX_GAP_DAYS
 
 Schema = dict[str, Any]
 
@@ -97,9 +106,15 @@ def scheduling_schemas() -> Schema:
                 "name": {"type": "string", "minLength": 1, "maxLength": 200},
                 "cron": {
                     "type": "string",
-                    "description": "Five cron fields or @yearly/@monthly/@weekly/@daily/@hourly.",
+                    "description": "Five cron fields or @yearly/@monthly/@weekly/@daily/@hourly,"
+                    f" in ASCII; it must fire at least once every {MAX_GAP_DAYS} days.",
                 },
-                "timezone": {"type": "string", "default": "UTC", "description": "IANA zone."},
+                "timezone": {
+                    "type": "string",
+                    "default": "UTC",
+                    "description": "IANA zone name such as Europe/Berlin (not `localtime`,"
+                    " `Factory`, `posix/...` or `right/...`).",
+                },
                 "templateId": uuid_,
                 "exportType": export_type,
                 "format": {"type": "string", "enum": list(FORMATS)},
@@ -201,8 +216,8 @@ def scheduling_paths(
     def ident(name: str) -> Schema:
         return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
-    def create(summary: str, body: str, answer: str) -> Schema:
-        return {
+    def create(summary: str, body: str, answer: str, *, held: str, idempotent: bool) -> Schema:
+        operation: Schema = {
             "summary": summary,
             "requestBody": {
                 "required": True,
@@ -211,13 +226,36 @@ def scheduling_paths(
             "responses": {
                 "201": json("Created.", _ref(answer), headers=location),
                 "400": problem("Invalid body; `errors` names each bad field."),
-                "403": problem("Not allowed: role, permissions (scheduling, format, bulk)."),
+                "403": problem("Not allowed: role, permissions (scheduling, format, bulk); bulk"
+                               " and system fields need an administrator token and account."),
+                "409": problem(f"The caller already has as many {held} as allowed (`conflict`,"
+                               " with the number in `limit`)."),
                 "429": problem("The hourly limit of accepted exports is reached.",
                                headers=rate_headers),
                 **body_errors,
                 **common,
             },
         }  # fmt: skip
+        if idempotent:
+            operation["parameters"] = [
+                {
+                    "name": IDEMPOTENCY_HEADER,
+                    "in": "header",
+                    "required": False,
+                    "description": "Retrying with the same key and body returns the same"
+                    " request (200).",
+                    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+                }
+            ]
+            operation["responses"]["200"] = json(
+                "An idempotent retry: the request created by the first attempt.",
+                _ref(answer),
+                headers={**location, REPLAYED_HEADER: {"schema": {"const": "true"}}},
+            )
+            operation["responses"]["422"] = problem(
+                "The Idempotency-Key was used with a different body."
+            )
+        return operation
 
     def state(summary: str) -> Schema:
         return {
@@ -248,6 +286,9 @@ def scheduling_paths(
                 "Schedule a one-off export at a future time.",
                 "ScheduleRequestBody",
                 "ScheduledRequestEnvelope",
+                held=f"pending one-off requests ({MAX_PENDING_REQUESTS_PER_USER}; administrators"
+                f" {MAX_PENDING_REQUESTS_PER_ADMIN})",
+                idempotent=True,
             ),
             "get": {
                 "summary": "List the caller's one-off scheduled exports, newest first.",
@@ -283,6 +324,9 @@ def scheduling_paths(
                 "Create a recurring export (cron expression in an IANA time zone).",
                 "ScheduleBody",
                 "ScheduleEnvelope",
+                held=f"schedules ({MAX_SCHEDULES_PER_USER}; administrators"
+                f" {MAX_SCHEDULES_PER_ADMIN})",
+                idempotent=False,
             ),
             "get": {
                 "summary": "List the caller's recurring schedules, newest first.",

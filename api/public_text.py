@@ -60,6 +60,11 @@ EVENT_MESSAGES: Final = {
     "written; the verification report lists each problem.",
     "schedule.run_enqueued": "Started by a schedule.",
     "schedule.request_enqueued": "Started by a scheduled request.",
+    "schedule.run_failed": "The job queue refused this scheduled export; a later scheduling pass "
+    "sends it again.",
+    "schedule.request_failed": "The job queue refused this scheduled export; a later scheduling "
+    "pass sends it again.",
+    "schedule.stopped": "The schedule stopped after this run: its expression has no later run.",
 }
 
 

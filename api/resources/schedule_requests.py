@@ -1,12 +1,15 @@
 """One-off scheduled exports: `/api/exports/schedule[/{id}]` creates, lists, shows and cancels.
 
 Each owner sees only their own requests (anyone else's answers 404). Permissions and the rate limit
-are checked here at creation and by the scheduler again when the request fires.
+are checked here at creation and by the scheduler again when the request fires. An
+Idempotency-Key works as on `POST /api/exports/user`: a retry with the same key and body answers
+200 with the first request, the same key with another body 422.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -17,10 +20,11 @@ from psycopg.types.json import Jsonb
 
 from api.auth import Principal
 from api.database import Database
-from api.payloads import read_json_object
+from api.payloads import idempotency_key, read_json_object
 from api.permissions import Action, actor_type, require
 from api.problems import ProblemError, invalid_request
 from api.resources.common import origin_of, principal_of, send_json, send_page
+from api.resources.exports import REPLAYED_HEADER
 from api.resources.schedule_shared import (
     NOT_FOUND,
     ExportCreation,
@@ -29,12 +33,17 @@ from api.resources.schedule_shared import (
     parse_id,
     stored_options,
 )
-from pipelines.jobs import append_log
+from api.schedule_policy import PENDING_REQUESTS_HELD
+from api.submission import Origin, hold_idempotency_key
+from pipelines.jobs import append_log, request_fingerprint
+from pipelines.options import ExportOptions
 
 SCHEDULE_PATH: Final = "/api/exports/schedule"
 # A one-off request at most a year ahead: further than that it is a schedule, not a request.
 MAX_LEAD: Final = timedelta(days=366)
 ONE_OFF_FIELDS: Final = frozenset({"exportType", "format", "options", "scheduledAt", "priority"})
+# What a request's fingerprint says it was sent to, beside its body (as exports say their type).
+FINGERPRINT_ENDPOINT: Final = "schedule"
 
 
 def request_document(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,8 +75,9 @@ class ScheduleRequestsResource(ExportCreation):
     """POST a one-off export at a future time; GET the caller's requests."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Create a one-off scheduled export: 201 with the request."""
+        """Create a one-off scheduled export: 201 with the request, 200 for an idempotent retry."""
         principal = principal_of(req)
+        key = idempotency_key(req)
         body = read_json_object(req)
         problems = {name: "unknown field" for name in sorted(set(body) - ONE_OFF_FIELDS)}
         export_type, options, priority = self.checked(body, problems, None)
@@ -75,36 +85,42 @@ class ScheduleRequestsResource(ExportCreation):
         scheduled_at = _scheduled_at(body.get("scheduledAt"), problems)
         if problems or options is None or scheduled_at is None:
             raise invalid_request(problems)
+        fingerprint = (
+            request_fingerprint({"endpoint": FINGERPRINT_ENDPOINT, "body": body})
+            if key is not None
+            else None
+        )
         origin = origin_of(req)
         with self._database.transaction() as conn:
-            self.authorize(conn, principal, options, bulk=export_type == "bulk")
-            with conn.cursor(row_factory=dict_row) as cursor:
-                cursor.execute(
-                    "INSERT INTO export_requests (user_id, export_type, format, compression,"
-                    " options, priority, scheduled_at, request_id)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *, NULL AS export_id",
-                    (
-                        principal.user_id, export_type, options.format, options.compression,
-                        Jsonb(stored_options(body.get("options"), options.compression)),
-                        priority, scheduled_at, origin.request_id,
-                    ),
-                )  # fmt: skip
-                row = cursor.fetchone()
-            assert row is not None
-            append_log(
-                conn,
-                event="schedule.request_created",
-                message=f"{export_type} export scheduled for {scheduled_at.isoformat()}",
-                actor_type=actor_type(principal),
-                actor_id=str(principal.user_id),
-                export_request_id=str(row["id"]),
-                request_id=origin.request_id,
-                client_ip=origin.client_ip,
-                user_agent=origin.user_agent,
-            )
+            if key is not None:
+                # Concurrent retries of one request wait here for the first, then replay it.
+                hold_idempotency_key(conn, principal.user_id, key)
+            permit = self.permit(conn, principal, options, bulk=export_type == "bulk")
+            earlier = _existing_for_key(conn, principal, key) if key is not None else None
+            if earlier is not None:
+                if earlier["idempotency_fingerprint"] != fingerprint:
+                    raise ProblemError("idempotency-key-reused")
+                row = earlier
+            else:
+                # Checked here, not with the body: a replay is answered even once its time
+                # has passed.
+                _check_lead(scheduled_at)
+                self.make_room(conn, principal, permit, PENDING_REQUESTS_HELD)
+                row = _insert(
+                    conn,
+                    principal,
+                    _NewRequest(export_type, options, body, priority, scheduled_at),
+                    origin,
+                    key=key,
+                    fingerprint=fingerprint,
+                )
         document = request_document(row)
         resp.set_header("Location", document["links"]["self"])
-        send_json(resp, {"request": document}, status=201)
+        if earlier is not None:
+            resp.set_header(REPLAYED_HEADER, "true")
+            send_json(resp, {"request": document}, status=200)
+        else:
+            send_json(resp, {"request": document}, status=201)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """List the caller's one-off requests, newest first."""
@@ -112,15 +128,21 @@ class ScheduleRequestsResource(ExportCreation):
         require(principal, Action.READ)
         limit, offset = page_params(req)
         with self._database.transaction() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            # Counted on its own: a window count has no row to ride on past the last page.
             cursor.execute(
-                "SELECT r.*, e.id AS export_id, count(*) OVER () AS total FROM export_requests r"
+                "SELECT count(*) AS total FROM export_requests WHERE user_id = %s",
+                (principal.user_id,),
+            )
+            counted = cursor.fetchone()
+            cursor.execute(
+                "SELECT r.*, e.id AS export_id FROM export_requests r"
                 " LEFT JOIN data_exports e ON e.export_request_id = r.id WHERE r.user_id = %s"
                 " ORDER BY r.created_at DESC, r.id DESC LIMIT %s OFFSET %s",
                 (principal.user_id, limit, offset),
             )
             rows = cursor.fetchall()
         documents = [request_document(row) for row in rows]
-        total = rows[0]["total"] if rows else 0
+        total = int(counted["total"]) if counted else 0
         send_page(resp, "requests", documents, total=total, limit=limit, offset=offset)
 
 
@@ -194,9 +216,76 @@ def _scheduled_at(value: object, problems: dict[str, str]) -> datetime | None:
     if moment.tzinfo is None:
         problems["scheduledAt"] = "needs a UTC offset, e.g. 2030-01-31T02:00:00+01:00"
         return None
+    return moment
+
+
+def _check_lead(moment: datetime) -> None:
+    """Raise 400 unless a new request's time lies in the future, within MAX_LEAD."""
     now = datetime.now(UTC)
     if moment <= now:
-        problems["scheduledAt"] = "must be in the future"
-    elif moment > now + MAX_LEAD:
-        problems["scheduledAt"] = "must be within a year; use a recurring schedule"
-    return moment
+        raise invalid_request({"scheduledAt": "must be in the future"})
+    if moment > now + MAX_LEAD:
+        raise invalid_request({"scheduledAt": "must be within a year; use a recurring schedule"})
+
+
+@dataclass(frozen=True)
+class _NewRequest:
+    """A checked one-off request, ready to be written."""
+
+    export_type: str
+    options: ExportOptions
+    body: dict[str, Any]
+    priority: str
+    scheduled_at: datetime
+
+
+def _existing_for_key(
+    conn: psycopg.Connection[Any], principal: Principal, key: str
+) -> dict[str, Any] | None:
+    """Return the user's request created with this Idempotency-Key, if any."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            "SELECT r.*, e.id AS export_id FROM export_requests r"
+            " LEFT JOIN data_exports e ON e.export_request_id = r.id"
+            " WHERE r.user_id = %s AND r.idempotency_key = %s",
+            (principal.user_id, key),
+        )
+        return cursor.fetchone()
+
+
+def _insert(
+    conn: psycopg.Connection[Any],
+    principal: Principal,
+    new: _NewRequest,
+    origin: Origin,
+    *,
+    key: str | None,
+    fingerprint: str | None,
+) -> dict[str, Any]:
+    """Write the request and its `schedule.request_created` audit entry; return the row."""
+    options = new.options
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            "INSERT INTO export_requests (user_id, export_type, format, compression, options,"
+            " priority, scheduled_at, request_id, idempotency_key, idempotency_fingerprint)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *, NULL AS export_id",
+            (
+                principal.user_id, new.export_type, options.format, options.compression,
+                Jsonb(stored_options(new.body.get("options"), options.compression)),
+                new.priority, new.scheduled_at, origin.request_id, key, fingerprint,
+            ),
+        )  # fmt: skip
+        row = cursor.fetchone()
+    assert row is not None
+    append_log(
+        conn,
+        event="schedule.request_created",
+        message=f"{new.export_type} export scheduled for {new.scheduled_at.isoformat()}",
+        actor_type=actor_type(principal),
+        actor_id=str(principal.user_id),
+        export_request_id=str(row["id"]),
+        request_id=origin.request_id,
+        client_ip=origin.client_ip,
+        user_agent=origin.user_agent,
+    )
+    return row

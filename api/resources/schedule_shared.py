@@ -1,13 +1,14 @@
 """What one-off requests and recurring schedules share: limits, paging, ids, creation checks.
 
 Both kinds of scheduled export validate type, format, options and priority the same way and are
-authorized and rate-limited at creation by `ExportCreation`; this module holds no routes.
+authorized, capped and rate-limited at creation by `ExportCreation`; this module holds no routes.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -17,9 +18,15 @@ import psycopg
 from api.auth import Principal
 from api.database import Database
 from api.payloads import WindowSpec, window_query
+from api.permissions import Grant
 from api.problems import ProblemError
-from api.queries import MAX_OFFSET, user_exists
-from api.schedule_policy import authorize_scheduled_export, check_rate_limit
+from api.queries import MAX_OFFSET
+from api.schedule_policy import (
+    HoldingLimit,
+    authorize_new_scheduled_export,
+    check_rate_limit,
+    check_room,
+)
 from api.submission import Limiter
 from pipelines.options import InvalidOptionsError, parse_options
 from pipelines.settings import Settings
@@ -43,6 +50,14 @@ def parse_id(raw: str) -> uuid.UUID:
         return uuid.UUID(raw)
     except ValueError as exc:
         raise ProblemError("not-found", NOT_FOUND) from exc
+
+
+@dataclass(frozen=True)
+class Permit:
+    """What creation was allowed with: the grant, and the owner as the scheduler sees them."""
+
+    grant: Grant
+    owner: Principal
 
 
 class ExportCreation:
@@ -80,14 +95,36 @@ class ExportCreation:
             problems.update(exc.problems)
         return export_type or "user", options, str(priority)
 
-    def authorize(
+    def permit(
         self, conn: psycopg.Connection[Any], principal: Principal, options: Any, *, bulk: bool
+    ) -> Permit:
+        """Raise 403 unless the principal may schedule this export (now and when it fires)."""
+        grant, owner = authorize_new_scheduled_export(conn, principal, options, bulk=bulk)
+        return Permit(grant=grant, owner=owner)
+
+    def make_room(
+        self,
+        conn: psycopg.Connection[Any],
+        principal: Principal,
+        permit: Permit,
+        held: HoldingLimit,
     ) -> None:
-        """Raise 403 or 429 unless the principal may schedule this export now."""
-        if not user_exists(conn, principal.user_id):
-            raise ProblemError("forbidden", "This account has no data to export.")
-        grant = authorize_scheduled_export(conn, principal, options, bulk=bulk)
-        check_rate_limit(self._limiter, principal, grant)
+        """Raise 409 if the user holds as many such items as allowed, 429 without a slot now."""
+        check_room(conn, principal, permit.owner, held)
+        check_rate_limit(self._limiter, principal, permit.grant)
+
+    def authorize(
+        self,
+        conn: psycopg.Connection[Any],
+        principal: Principal,
+        options: Any,
+        *,
+        bulk: bool,
+        held: HoldingLimit,
+    ) -> None:
+        """Raise 403, 409 or 429 unless the principal may schedule one more such export now."""
+        permit = self.permit(conn, principal, options, bulk=bulk)
+        self.make_room(conn, principal, permit, held)
 
 
 def stored_options(body_options: Any, compression: str) -> dict[str, Any]:

@@ -33,9 +33,16 @@ from api.resources.schedule_shared import (
     parse_id,
     stored_options,
 )
+from api.schedule_policy import SCHEDULES_HELD
 from pipelines.jobs import append_log
 from workers.scheduling.cron import CronError, parse_cron
-from workers.scheduling.occurrences import next_after, zone_for
+from workers.scheduling.occurrences import (
+    ZoneError,
+    check_recurrence,
+    checked_zone,
+    next_after,
+    zone_for,
+)
 
 SCHEDULES_PATH: Final = "/api/exports/schedules"
 # Runs shown with a schedule: enough to see the last few weeks of a daily schedule.
@@ -110,7 +117,9 @@ class SchedulesResource(ExportCreation):
             keep_last, days = _retention(body.get("retention"), problems)
             if problems or options is None or first_run is None:
                 raise invalid_request(problems)
-            self.authorize(conn, principal, options, bulk=export_type == "bulk")
+            self.authorize(
+                conn, principal, options, bulk=export_type == "bulk", held=SCHEDULES_HELD
+            )
             with conn.cursor(row_factory=dict_row) as cursor, _refused_by_schema():
                 cursor.execute(
                     "INSERT INTO export_schedules (user_id, name, template_id, export_type,"
@@ -139,14 +148,20 @@ class SchedulesResource(ExportCreation):
         require(principal, Action.READ)
         limit, offset = page_params(req)
         with self._database.transaction() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            # Counted on its own: a window count has no row to ride on past the last page.
             cursor.execute(
-                "SELECT *, count(*) OVER () AS total FROM export_schedules WHERE user_id = %s"
+                "SELECT count(*) AS total FROM export_schedules WHERE user_id = %s",
+                (principal.user_id,),
+            )
+            counted = cursor.fetchone()
+            cursor.execute(
+                "SELECT * FROM export_schedules WHERE user_id = %s"
                 " ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
                 (principal.user_id, limit, offset),
             )
             rows = cursor.fetchall()
         documents = [schedule_document(row) for row in rows]
-        total = rows[0]["total"] if rows else 0
+        total = int(counted["total"]) if counted else 0
         send_page(resp, "schedules", documents, total=total, limit=limit, offset=offset)
 
 
@@ -263,22 +278,30 @@ def _audit(
 
 
 def _first_run(cron: object, timezone: object, problems: dict[str, str]) -> datetime | None:
+    zone = None
+    if not isinstance(timezone, str):
+        problems["timezone"] = "must be an IANA time zone name"
+    else:
+        try:
+            zone = checked_zone(timezone)
+        except ZoneError as exc:
+            problems["timezone"] = str(exc)
     if not isinstance(cron, str):
         problems["cron"] = "is required: five cron fields or a macro such as @daily"
         return None
-    if not isinstance(timezone, str):
-        problems["timezone"] = "must be an IANA time zone name"
-        return None
     try:
         spec = parse_cron(cron)
+        # The scheduler looks for each run's successor within a window (see occurrences): an
+        # expression that fires too rarely would stop after a run.
+        check_recurrence(spec)
+        if zone is None:
+            return None
+        first = next_after(spec, zone, datetime.now(UTC))
+        next_after(spec, zone, first)
     except CronError as exc:
         problems["cron"] = str(exc)
         return None
-    try:
-        return next_after(spec, zone_for(timezone), datetime.now(UTC))
-    except CronError as exc:
-        problems["timezone" if "zone" in str(exc) else "cron"] = str(exc)
-        return None
+    return first
 
 
 def _retention(value: object, problems: dict[str, str]) -> tuple[int | None, int | None]:

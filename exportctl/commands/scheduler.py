@@ -10,6 +10,7 @@ prints what it enqueued as JSON, for an external cron. Services come from the en
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import orjson
@@ -20,7 +21,11 @@ from pipelines.settings import Settings
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `exportctl scheduler`."""
-    from workers.scheduling.process import DEFAULT_INTERVAL_SECONDS
+    from workers.scheduling.process import (
+        DEFAULT_INTERVAL_SECONDS,
+        MAX_INTERVAL_SECONDS,
+        MIN_INTERVAL_SECONDS,
+    )
 
     parser = subparsers.add_parser(
         "scheduler",
@@ -30,10 +35,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--interval",
-        type=_positive_seconds,
+        type=_interval_seconds,
         default=DEFAULT_INTERVAL_SECONDS,
         metavar="S",
-        help="seconds between passes (default %(default)s)",
+        help=f"seconds between passes, {MIN_INTERVAL_SECONDS} to {MAX_INTERVAL_SECONDS}"
+        " (default %(default)s)",
     )
     parser.add_argument(
         "--once", action="store_true", help="run one pass, print what it did as JSON, exit"
@@ -78,11 +84,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_seconds(text: str) -> float:
+def _interval_seconds(text: str) -> float:
+    """Parse `--interval`: a finite number of seconds within the loop's bounds."""
+    from workers.scheduling.process import MAX_INTERVAL_SECONDS, MIN_INTERVAL_SECONDS
+
     try:
         value = float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    # nan compares false with everything and inf overflows the wait: both are refused here.
+    if not (math.isfinite(value) and MIN_INTERVAL_SECONDS <= value <= MAX_INTERVAL_SECONDS):
+        raise argparse.ArgumentTypeError(
+            f"must be from {MIN_INTERVAL_SECONDS} to {MAX_INTERVAL_SECONDS} seconds, got {text}"
+        )
     return value

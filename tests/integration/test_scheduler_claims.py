@@ -223,7 +223,7 @@ def test_rate_limit_applies_when_a_request_fires(database_url: str, redis_url: s
     client.close()
 
 
-def test_pass_interrupted_after_creating_the_export_resends_it_and_creates_no_twin(
+def test_message_refused_after_creating_the_export_resends_it_and_creates_no_twin(
     database_url: str,
 ) -> None:
     user = add_user(database_url)
@@ -231,12 +231,17 @@ def test_pass_interrupted_after_creating_the_export_resends_it_and_creates_no_tw
     schedule_id = add_schedule(database_url, user, "0 * * * *", NOW - timedelta(minutes=1))
     queue = RecordingQueue()
     queue.fail = True
-    with pytest.raises(RetryableError):
-        scheduler(database_url, queue).run_pass()
+    refused = scheduler(database_url, queue).run_pass()
+    assert {(item.source_id, item.status) for item in refused.fired} == {
+        (request_id, "failed"),
+        (schedule_id, "failed"),
+    }
     assert rows(database_url, "SELECT status FROM export_requests") == [("pending",)]
+    due = "SELECT count(*) FROM export_schedules WHERE next_run_at <= %s"
+    assert rows(database_url, due, NOW) == [(1,)]  # both stay due
     queue.fail = False
     report = scheduler(database_url, queue).run_pass()
-    report = scheduler(database_url, queue).run_pass() if len(report.fired) < 2 else report
+    assert len(report.enqueued()) == 2
     exports = rows(
         database_url,
         "SELECT id::text, export_request_id::text, schedule_id::text FROM data_exports",

@@ -15,6 +15,7 @@ from workers.scheduling import (
     parse_cron,
     zone_for,
 )
+from workers.scheduling.occurrences import checked_zone
 
 BERLIN = zone_for("Europe/Berlin")
 NEW_YORK = zone_for("America/New_York")
@@ -197,3 +198,25 @@ def test_stepped_day_of_week_with_a_day_of_month_needs_both_like_vixie_cron() ->
     assert [moment.strftime("%m-%d %a") for moment in found] == [
         "09-13 Fri", "10-13 Sun", "12-13 Fri",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "localtime",
+        "Factory",
+        "posixrules",
+        "posix/Europe/Berlin",
+        "right/Europe/Berlin",
+        "Europe/Berlin ",
+        "",
+    ],
+)
+def test_names_that_are_no_iana_zone_are_refused_for_new_schedules(name: str) -> None:
+    with pytest.raises(ZoneError, match="IANA"):
+        checked_zone(name)
+
+
+@pytest.mark.parametrize("name", ["UTC", "Europe/Berlin", "America/New_York", "Etc/GMT+3"])
+def test_iana_zone_names_are_accepted_for_new_schedules(name: str) -> None:
+    assert checked_zone(name) == zone_for(name)

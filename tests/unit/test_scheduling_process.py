@@ -11,12 +11,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import falcon.testing
+import pytest
 from api_support import DownDatabase, MemoryObjects, auth, make_settings
 
 from api.app import AppDeps, create_app
 from api.auth import internal_credential_from_settings, verifier_from_settings
 from api.dispatch import RecordingDispatcher
 from api.ratelimit import RateLimitDecision, Reservation
+from exportctl.cli import build_parser
 from pipelines.errors import RetryableError
 from workers.scheduling import Fired, PassReport, SchedulerLoop
 
@@ -76,6 +78,30 @@ def test_sigterm_ends_the_loop_after_the_current_pass() -> None:
 def test_failed_pass_is_reported_and_the_loop_carries_on() -> None:
     loop = SchedulerLoop(CountingPass(fail=True), interval_seconds=1)
     assert loop.run_once() is None
+
+
+@pytest.mark.parametrize(
+    "interval", ["nan", "NaN", "inf", "-inf", "1e309", "0", "-1", "0.01", "301", "5s"]
+)
+def test_scheduler_interval_that_is_not_finite_and_in_range_is_a_usage_error(
+    interval: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["scheduler", "--interval", interval])
+    assert exited.value.code == 2
+    assert "--interval" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("interval", ["0.1", "0.5", "2", "300"])
+def test_scheduler_interval_within_range_is_accepted(interval: str) -> None:
+    args = build_parser().parse_args(["scheduler", "--interval", interval])
+    assert args.interval == float(interval)
+
+
+@pytest.mark.parametrize("interval", [float("nan"), float("inf"), 0.0, 1e9])
+def test_loop_refuses_an_interval_that_would_spin_or_overflow(interval: float) -> None:
+    with pytest.raises(ValueError, match="interval"):
+        SchedulerLoop(CountingPass(), interval_seconds=interval)
 
 
 def test_process_scheduled_answers_what_the_pass_enqueued() -> None:

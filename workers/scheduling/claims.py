@@ -2,7 +2,8 @@
 
 Claims take `FOR NO KEY UPDATE SKIP LOCKED` on one row at a time, so replicas never wait on each
 other and never claim the same row; NO KEY UPDATE (not FOR UPDATE) lets the firing's own writes
-on a second connection insert rows that reference the claimed one. `export_schedule_runs`'
+on a second connection insert rows that reference the claimed one. The next row is chosen in
+one order across requests and schedules (priority, then due time). `export_schedule_runs`'
 primary key (schedule, occurrence) and `data_exports.export_request_id`'s uniqueness make a
 second firing of the same occurrence impossible even after a crash. Every function takes the
 caller's connection and leaves the transaction to the caller.
@@ -10,38 +11,85 @@ caller's connection and leaves the transaction to the caller.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import psycopg
 from psycopg.rows import dict_row
 
 # High priority first, then the oldest due: an urgent export is not held behind routine ones.
 _PRIORITY_ORDER: Final = "CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END"
+# The due condition of each kind, shared by the look and the claim so both agree on "due".
+_DUE_REQUEST: Final = "status = 'pending' AND scheduled_at <= %(now)s"
+_DUE_SCHEDULE: Final = "NOT paused AND next_run_at <= %(now)s"
+# Each table's best unlocked due row (locked only while looking), the better of the two first.
+_NEXT_DUE: Final = f"""
+WITH request AS (
+    SELECT 'request' AS kind, id, {_PRIORITY_ORDER} AS rank, scheduled_at AS due_at
+    FROM export_requests
+    WHERE {_DUE_REQUEST} AND id <> ALL(%(passed_over)s::uuid[])
+      AND user_id <> ALL(%(full_owners)s::uuid[])
+    ORDER BY rank, due_at, id LIMIT 1
+    FOR NO KEY UPDATE SKIP LOCKED
+), schedule AS (
+    SELECT 'schedule' AS kind, id, {_PRIORITY_ORDER} AS rank, next_run_at AS due_at
+    FROM export_schedules
+    WHERE {_DUE_SCHEDULE} AND id <> ALL(%(passed_over)s::uuid[])
+      AND user_id <> ALL(%(full_owners)s::uuid[])
+    ORDER BY rank, due_at, id LIMIT 1
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+SELECT kind, id FROM (SELECT * FROM request UNION ALL SELECT * FROM schedule) AS heads
+ORDER BY rank, due_at, kind, id LIMIT 1
+"""
+_CLAIM: Final = {
+    "request": f"SELECT * FROM export_requests WHERE id = %(id)s AND {_DUE_REQUEST}"
+    " FOR NO KEY UPDATE SKIP LOCKED",
+    "schedule": f"SELECT * FROM export_schedules WHERE id = %(id)s AND {_DUE_SCHEDULE}"
+    " FOR NO KEY UPDATE SKIP LOCKED",
+}
+# How often a claim looks again when another replica took the chosen row first; then it leaves
+# the rest to the next pass (every such loss means other replicas are busy firing due items).
+CLAIM_ATTEMPTS: Final = 8
+
+ItemKind = Literal["request", "schedule"]
 
 
-def claim_due_request(conn: psycopg.Connection[Any], now: datetime) -> dict[str, Any] | None:
-    """Lock and return one pending request due at `now` that no other scheduler holds."""
-    with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(
-            f"SELECT * FROM export_requests WHERE status = 'pending' AND scheduled_at <= %s"
-            f" ORDER BY {_PRIORITY_ORDER}, scheduled_at, id LIMIT 1"
-            " FOR NO KEY UPDATE SKIP LOCKED",
-            (now,),
-        )
-        return cursor.fetchone()
+def claim_next_due(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    *,
+    passed_over: Collection[str] = (),
+    full_owners: Collection[str] = (),
+) -> tuple[ItemKind, dict[str, Any]] | None:
+    """Lock and return the next due request or schedule no other scheduler holds, and its kind.
 
-
-def claim_due_schedule(conn: psycopg.Connection[Any], now: datetime) -> dict[str, Any] | None:
-    """Lock and return one active schedule due at `now` that no other scheduler holds."""
-    with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(
-            f"SELECT * FROM export_schedules WHERE NOT paused AND next_run_at <= %s"
-            f" ORDER BY {_PRIORITY_ORDER}, next_run_at, id LIMIT 1"
-            " FOR NO KEY UPDATE SKIP LOCKED",
-            (now,),
-        )
-        return cursor.fetchone()
+    One order across both tables: priority (high, normal, low), then due time. Rows in
+    `passed_over` and rows of owners in `full_owners` are left for the next pass. The look locks
+    each table's best row (SKIP LOCKED, so rows other replicas hold are not seen) inside a
+    savepoint and rolls it back, which releases both locks; then only the better row is claimed.
+    """
+    params: dict[str, Any] = {
+        "now": now,
+        "passed_over": list(passed_over),
+        "full_owners": list(full_owners),
+    }
+    for _ in range(CLAIM_ATTEMPTS):
+        conn.execute("SAVEPOINT next_due")
+        head = conn.execute(_NEXT_DUE, params).fetchone()
+        conn.execute("ROLLBACK TO SAVEPOINT next_due")  # releases the look's two locks
+        conn.execute("RELEASE SAVEPOINT next_due")
+        if head is None:
+            return None
+        kind: ItemKind = head[0]
+        with conn.cursor(row_factory=dict_row) as cursor:
+            cursor.execute(_CLAIM[kind], {"id": head[1], "now": now})
+            row = cursor.fetchone()
+        if row is not None:
+            return kind, row
+        # Another replica claimed it (or fired it) between the look and the claim: look again.
+    return None
 
 
 def export_for_request(conn: psycopg.Connection[Any], request_id: str) -> dict[str, Any] | None:
@@ -95,6 +143,17 @@ def record_run(
         (schedule_id, occurrence, export_id, status, reason),
     ).fetchone()
     return row is not None
+
+
+def note_run_reason(
+    conn: psycopg.Connection[Any], schedule_id: str, occurrence: datetime, reason: str
+) -> None:
+    """Add `reason` to the reason recorded on one occurrence's run."""
+    conn.execute(
+        "UPDATE export_schedule_runs SET reason = concat_ws('; ', reason, %s::text)"
+        " WHERE schedule_id = %s AND occurrence_at = %s",
+        (reason, schedule_id, occurrence),
+    )
 
 
 def advance_schedule(

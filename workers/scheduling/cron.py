@@ -100,6 +100,10 @@ def parse_cron(expression: str) -> CronSpec:
     """Parse a cron expression, raising CronError that says which field is wrong."""
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise CronError(f"a cron expression has at most {MAX_EXPRESSION_CHARS} characters")
+    if not expression.isascii():
+        # `str.isdigit` and `int` accept other scripts' digits (`٣`, and `²` only the former),
+        # and cron, croniter and PostgreSQL read none of them.
+        raise CronError("a cron expression is written in ASCII: digits 0-9, names, * , - /")
     text = expression.strip()
     fields = MACROS.get(text.lower(), text).split()
     if len(fields) != len(_FIELDS):
@@ -133,9 +137,10 @@ def _parse_part(part: str, field: _Field) -> set[int]:
     base, slash, step_text = part.partition("/")
     step = 1
     if slash:
-        if not step_text.isdigit() or int(step_text) == 0:
+        number = _number(step_text)
+        if number is None or number == 0:
             raise CronError(f"{field.name}: step in {part!r} must be a positive integer")
-        step = int(step_text)
+        step = number
     if base == "*":
         low, high = field.low, field.high
     elif "-" in base:
@@ -153,9 +158,16 @@ def _parse_part(part: str, field: _Field) -> set[int]:
 def _value(text: str, field: _Field) -> int:
     if text in field.names:
         return field.names.index(text) + field.name_base
-    if not text.isdigit():
+    value = _number(text)
+    if value is None:
         raise CronError(f"{field.name}: {text!r} is not a number or name")
-    value = int(text)
     if not field.low <= value <= field.high:
         raise CronError(f"{field.name}: {value} is outside {field.low}-{field.high}")
     return value
+
+
+def _number(text: str) -> int | None:
+    """Return the value of a run of ASCII digits 0-9, or None for anything else."""
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)

@@ -6,17 +6,21 @@ the row. The order per item is: create the export (committed), send its message,
 claimed row done. A scheduler killed in between leaves the row due; the next pass finds the
 export the first one created (by request id, or by the schedule's run row) and sends its
 message again, which a worker ignores if the export already ran: nothing is lost and no export
-is created twice. Permissions and the rate limit are decided by an injected `FiringPolicy`.
+is created twice. Items are claimed in one order across requests and schedules (priority, then
+due time), each owner fires a bounded share of a pass, and a message the broker refuses leaves
+only its own item due. Permissions and the rate limit are decided by an injected `FiringPolicy`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo
 
 import psycopg
 
@@ -33,12 +37,32 @@ from workers.scheduling.contracts import (
     PassConfig,
     PassReport,
 )
-from workers.scheduling.cron import CronError, parse_cron
-from workers.scheduling.occurrences import due_occurrence, zone_for
+from workers.scheduling.cron import CronError, CronSpec, parse_cron
+from workers.scheduling.occurrences import (
+    MAX_COUNTED_MISSES,
+    due_occurrence,
+    last_at_or_before,
+    next_after,
+    zone_for,
+)
 
 logger = logging.getLogger(__name__)
 
 MAINTENANCE_KEY: Final = "scheduler.maintenance_enqueued_at"
+# Items one owner may fire in one pass (a tenth of MAX_ITEMS_PER_PASS): an owner with hundreds of
+# due schedules cannot crowd out everyone else's; the rest stay due and fire a few seconds later,
+# in the next passes. Each replica counts its own pass.
+MAX_ITEMS_PER_OWNER_PER_PASS: Final = 20
+# A pass configured smaller than usual still has room for this many owners: one owner gets at
+# most that fraction of its items (at least one).
+MIN_OWNERS_PER_PASS: Final = 10
+# Refused messages in a row after which a pass stops claiming: the broker is down, and trying
+# every due item would only create their exports and log a refusal each. Those stay due.
+MAX_CONSECUTIVE_SEND_FAILURES: Final = 5
+# What the pass report says about an item whose message the broker refused (details in the log).
+SEND_REFUSED_REASON: Final = (
+    "the broker refused the message; the item stays due and is tried again on the next pass"
+)
 
 
 class _AlreadyFiredError(ExportError):
@@ -48,11 +72,33 @@ class _AlreadyFiredError(ExportError):
         return f"{self.args[0]} was already fired by another scheduler"
 
 
+class _SendError(RetryableError):
+    """The broker refused an export's message; the item's claim is rolled back."""
+
+    def __init__(self, message: str, *, export_id: str) -> None:
+        super().__init__(message)
+        self.export_id = export_id
+        self.occurrence: datetime | None = None
+
+
 @dataclass
 class _Connections:
     claim: psycopg.Connection[Any]
     write: psycopg.Connection[Any]
     fired: list[Fired] = field(default_factory=list)
+    # Items whose message was refused in this pass: not claimed again until the next one.
+    passed_over: set[str] = field(default_factory=set)
+    per_owner: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class _DueRun:
+    """The run a due schedule fires now and its next one (None stops it, `stop_reason` says why)."""
+
+    occurrence: datetime
+    missed: int
+    next_run_at: datetime | None
+    stop_reason: str | None = None
 
 
 class Scheduler:
@@ -71,6 +117,9 @@ class Scheduler:
         self._policy = policy
         self._queue = queue
         self._config = config or PassConfig()
+        self._per_owner = min(
+            MAX_ITEMS_PER_OWNER_PER_PASS, max(1, self._config.max_items // MIN_OWNERS_PER_PASS)
+        )
         # None: the database's clock, so replicas on hosts with skewed clocks agree.
         self._clock = clock
 
@@ -79,12 +128,7 @@ class Scheduler:
         try:
             with self._open() as conns:
                 now = self._now(conns.write)
-                for fire in (self._fire_request, self._fire_schedule):
-                    while len(conns.fired) < self._config.max_items and not should_stop():
-                        fired = fire(conns, now)
-                        if fired is None:
-                            break
-                        conns.fired.append(fired)
+                self._fire_due(conns, now, should_stop)
                 maintenance = self._maintenance(conns.write, now)
                 return PassReport(
                     now=now, fired=tuple(conns.fired), maintenance_enqueued=maintenance
@@ -113,11 +157,53 @@ class Scheduler:
         moment: datetime = row[0]
         return moment
 
-    # -- one-off requests ------------------------------------------------------------------
+    def _fire_due(
+        self, conns: _Connections, now: datetime, should_stop: Callable[[], bool]
+    ) -> None:
+        """Claim and fire due items, best first, until none is left or the pass is full."""
+        refused_in_a_row = 0
+        while len(conns.fired) < self._config.max_items and not should_stop():
+            full = [owner for owner, n in conns.per_owner.items() if n >= self._per_owner]
+            claimed = claims.claim_next_due(
+                conns.claim, now, passed_over=conns.passed_over, full_owners=full
+            )
+            if claimed is None:
+                conns.claim.rollback()
+                return
+            kind, row = claimed
+            conns.per_owner[str(row["user_id"])] += 1
+            try:
+                fired = self._within_claim(conns, kind, row, now)
+            except _SendError as exc:
+                conns.passed_over.add(str(row["id"]))
+                conns.fired.append(_refused(kind, str(row["id"]), exc))
+                refused_in_a_row += 1
+                if refused_in_a_row >= MAX_CONSECUTIVE_SEND_FAILURES:
+                    logger.warning(
+                        "the broker refused %d messages in a row; this pass stops firing",
+                        refused_in_a_row,
+                    )
+                    return
+                continue
+            refused_in_a_row = 0
+            conns.fired.append(fired)
 
-    def _fire_request(self, conns: _Connections, now: datetime) -> Fired | None:
-        row = claims.claim_due_request(conns.claim, now)
-        return _within_claim(conns.claim, row, lambda claimed: self._request(conns, claimed))
+    def _within_claim(
+        self, conns: _Connections, kind: claims.ItemKind, row: dict[str, Any], now: datetime
+    ) -> Fired:
+        """Fire a claimed row in its transaction: committed if it fires, else rolled back."""
+        try:
+            if kind == "request":
+                fired = self._request(conns, row)
+            else:
+                fired = self._schedule(conns, row, now)
+        except BaseException:
+            conns.claim.rollback()
+            raise
+        conns.claim.commit()
+        return fired
+
+    # -- one-off requests ------------------------------------------------------------------
 
     def _request(self, conns: _Connections, row: dict[str, Any]) -> Fired:
         request_id = str(row["id"])
@@ -144,32 +230,37 @@ class Scheduler:
 
     # -- recurring schedules ---------------------------------------------------------------
 
-    def _fire_schedule(self, conns: _Connections, now: datetime) -> Fired | None:
-        row = claims.claim_due_schedule(conns.claim, now)
-        return _within_claim(conns.claim, row, lambda claimed: self._schedule(conns, claimed, now))
-
     def _schedule(self, conns: _Connections, row: dict[str, Any], now: datetime) -> Fired:
         schedule_id = str(row["id"])
         try:
             spec, zone = parse_cron(row["cron_expression"]), zone_for(row["timezone"])
-            due = due_occurrence(spec, zone, row["next_run_at"], now)
         except CronError as exc:
             # Cannot be computed (a zone removed from the tz database): stop it, say why.
             claims.advance_schedule(conns.claim, schedule_id, next_run_at=None, last_run_at=None)
             fired = Fired("schedule", schedule_id, "failed", reason=str(exc))
             self._log_schedule(conns.claim, row, fired)
             return fired
-        assert due is not None  # claimed because next_run_at <= now
-        fired = self._occurrence(conns, row, due.occurrence)
+        due = _due_run(spec, zone, row["next_run_at"], now)
+        try:
+            fired = self._occurrence(conns, row, due.occurrence)
+        except _SendError as exc:
+            exc.occurrence = due.occurrence
+            raise
+        reason = fired.reason
+        if due.stop_reason is not None:
+            claims.note_run_reason(conns.claim, schedule_id, due.occurrence, due.stop_reason)
+            reason = "; ".join(filter(None, (fired.reason, due.stop_reason)))
         fired = Fired(
             "schedule", schedule_id, fired.status, fired.export_id, due.occurrence,
-            fired.reason, due.missed, fired.resent,
+            reason, due.missed, fired.resent,
         )  # fmt: skip
         claims.apply_schedule_retention(conns.claim, row)
         claims.advance_schedule(
             conns.claim, schedule_id, next_run_at=due.next_run_at, last_run_at=due.occurrence
         )
         self._log_schedule(conns.claim, row, fired)
+        if due.stop_reason is not None:
+            self._log_stopped(conns.claim, row, due)
         return fired
 
     def _occurrence(self, conns: _Connections, row: dict[str, Any], occurrence: datetime) -> Fired:
@@ -299,12 +390,16 @@ class Scheduler:
 
     def _send(self, export: dict[str, Any]) -> None:
         export_id = str(export["id"])
-        if export["export_type"] == "bulk":
-            self._queue.enqueue_bulk_export(export_id, request_id=export["request_id"])
-        else:
-            self._queue.enqueue_user_export(
-                export_id, request_id=export["request_id"], priority=export["priority"]
-            )
+        try:
+            if export["export_type"] == "bulk":
+                self._queue.enqueue_bulk_export(export_id, request_id=export["request_id"])
+            else:
+                self._queue.enqueue_user_export(
+                    export_id, request_id=export["request_id"], priority=export["priority"]
+                )
+        except RetryableError as exc:
+            # The export stays committed and `queued`: the next pass finds it and sends it again.
+            raise _SendError(str(exc), export_id=export_id) from exc
 
     def _log_request(
         self, conn: psycopg.Connection[Any], row: dict[str, Any], fired: Fired
@@ -342,6 +437,23 @@ class Scheduler:
             },
         )
 
+    def _log_stopped(
+        self, conn: psycopg.Connection[Any], row: dict[str, Any], due: _DueRun
+    ) -> None:
+        append_log(
+            conn,
+            event="schedule.stopped",
+            message=f"schedule {row['name']!r} stopped: {due.stop_reason}",
+            level="warning",
+            actor_type="scheduler",
+            schedule_id=str(row["id"]),
+            details={
+                "userId": str(row["user_id"]),
+                "occurrence": due.occurrence.isoformat(),
+                "reason": due.stop_reason,
+            },
+        )
+
     # -- maintenance -----------------------------------------------------------------------
 
     def _maintenance(self, conn: psycopg.Connection[Any], now: datetime) -> bool:
@@ -354,25 +466,56 @@ class Scheduler:
                 return False
             self._queue.enqueue_cleanup()  # before commit: a refused message frees the slot
             conn.commit()
+        except RetryableError as exc:
+            conn.rollback()
+            logger.warning("the broker refused the maintenance message; next pass: %s", exc)
+            return False
         except BaseException:
             conn.rollback()
             raise
         return True
 
 
-def _within_claim(
-    claim: psycopg.Connection[Any],
-    row: dict[str, Any] | None,
-    handle: Callable[[dict[str, Any]], Fired],
-) -> Fired | None:
-    """Handle a claimed row in the claim's transaction: committed if it fires, else rolled back."""
-    if row is None:
-        claim.rollback()
-        return None
+def _refused(kind: claims.ItemKind, source_id: str, exc: _SendError) -> Fired:
+    """Report an item whose message was refused: failed in this pass, still due in the database."""
+    logger.warning(
+        "%s %s not fired, it stays due: the broker refused the message of export %s: %s",
+        kind, source_id, exc.export_id, exc,
+    )  # fmt: skip
+    return Fired(
+        kind, source_id, "failed", export_id=exc.export_id, occurrence=exc.occurrence,
+        reason=SEND_REFUSED_REASON,
+    )  # fmt: skip
+
+
+def _due_run(spec: CronSpec, zone: ZoneInfo, next_run_at: datetime, now: datetime) -> _DueRun:
+    """Return the run to fire now (claimed, so due); with no run after it, stop the schedule."""
     try:
-        fired = handle(row)
-    except BaseException:
-        claim.rollback()
-        raise
-    claim.commit()
-    return fired
+        due = due_occurrence(spec, zone, next_run_at, now)
+    except CronError:
+        pass  # some run is not within the search window: decided below, the due run still fires
+    else:
+        assert due is not None  # claimed because next_run_at <= now
+        return _DueRun(due.occurrence, due.missed, due.next_run_at)
+    try:
+        occurrence = max(last_at_or_before(spec, zone, now), next_run_at)
+    except CronError:
+        occurrence = next_run_at  # set by hand to an instant the expression does not produce
+    missed = _missed_runs(spec, zone, next_run_at, occurrence)
+    try:
+        following = next_after(spec, zone, max(occurrence, now))
+    except CronError as exc:
+        return _DueRun(occurrence, missed, None, f"schedule stopped after this run: {exc}")
+    return _DueRun(occurrence, missed, following)
+
+
+def _missed_runs(spec: CronSpec, zone: ZoneInfo, first: datetime, last: datetime) -> int:
+    """Count runs from `first` (inclusive) to `last` (exclusive), as far as they can be found."""
+    count, current = 0, first
+    while current < last and count < MAX_COUNTED_MISSES:
+        count += 1
+        try:
+            current = next_after(spec, zone, current)
+        except CronError:
+            break
+    return count

@@ -12,12 +12,13 @@ any clock. The rules on change days:
 
 from __future__ import annotations
 
+import calendar
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from workers.scheduling.cron import CronError, CronSpec
 
@@ -31,6 +32,19 @@ DAY_CACHE_ENTRIES: Final = 16_384
 MAX_SHIFT: Final = timedelta(hours=3)
 # Occurrences counted one by one for the catch-up report; beyond this it says "at least".
 MAX_COUNTED_MISSES: Final = 10_000
+# The Gregorian calendar repeats every 400 years, which is exactly 20,871 weeks: which days an
+# expression fires on (month, day of month, weekday) repeats with this period.
+GREGORIAN_CYCLE_YEARS: Final = 400
+GREGORIAN_CYCLE_DAYS: Final = 146_097
+# Longest gap between two firing days that the searches above always bridge: a search starts
+# the day before its instant and looks SEARCH_DAYS days, so from a run on day D it sees up to
+# day D + SEARCH_DAYS - 2.
+MAX_GAP_DAYS: Final = SEARCH_DAYS - 2
+# Names the zoneinfo folder holds that are no IANA zone: the host's own zone (differs from host
+# to host), the "-00" placeholder, the POSIX default rules, and the `posix/` and `right/` copies
+# of the database (`right/` counts leap seconds, so its instants differ from PostgreSQL's).
+NOT_ZONE_NAMES: Final = frozenset({"localtime", "Factory", "posixrules"})
+NOT_ZONE_TREES: Final = ("posix/", "right/")
 
 
 class ZoneError(CronError):
@@ -46,8 +60,33 @@ class Due:
     next_run_at: datetime
 
 
+@functools.cache
+def iana_zone_names() -> frozenset[str]:
+    """Return the IANA zone names this host knows (read once: the scan takes ~0.1 s)."""
+    return frozenset(
+        name
+        for name in available_timezones()
+        if name not in NOT_ZONE_NAMES and not name.startswith(NOT_ZONE_TREES)
+    )
+
+
+def checked_zone(name: str) -> ZoneInfo:
+    """Return the zone for a name a client sent, or raise ZoneError unless it is an IANA name.
+
+    `ZoneInfo` opens any file under the zoneinfo folder (`localtime`, `right/Europe/Berlin`,
+    ...); a new schedule gets only real IANA names, which PostgreSQL reads the same way.
+    """
+    if name not in iana_zone_names():
+        raise ZoneError(f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin")
+    return zone_for(name)
+
+
 def zone_for(name: str) -> ZoneInfo:
-    """Return the IANA zone called `name`, or raise ZoneError."""
+    """Return the zone of a stored schedule called `name`, or raise ZoneError.
+
+    Lenient on purpose: it loads whatever a row already holds; new names go through
+    `checked_zone`.
+    """
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
@@ -76,6 +115,64 @@ def last_at_or_before(spec: CronSpec, zone: ZoneInfo, at: datetime) -> datetime:
         if earlier:
             return earlier[-1]
     raise CronError(f"{spec.expression!r} did not fire within {SEARCH_DAYS} days")
+
+
+def check_recurrence(spec: CronSpec) -> None:
+    """Raise CronError unless the expression fires again within MAX_GAP_DAYS of every run.
+
+    The scheduler looks for the next run within SEARCH_DAYS of the one it fires, so an
+    expression with a longer gap (`0 0 */28 2 1`: a Monday that is February 1 or 29) would stop
+    after a run. Checked on the calendar alone, over one full 400-year cycle.
+    """
+    gap = _longest_gap_days(spec)
+    if gap is None:
+        raise CronError(f"{spec.expression!r} never fires")
+    if gap > MAX_GAP_DAYS:
+        raise CronError(
+            f"{spec.expression!r} fires too rarely: some runs are {gap} days apart, and a"
+            f" schedule must fire at least once every {MAX_GAP_DAYS} days"
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _longest_gap_days(spec: CronSpec) -> int | None:
+    """Return the most days between consecutive firing days, or None if it never fires.
+
+    Only gaps from one year's last firing day to the next firing year's first are measured:
+    a gap inside a year is shorter than a year, far below MAX_GAP_DAYS, so the answer is exact
+    whenever it matters. Each year is scanned from both ends up to its first hit, so a daily
+    expression costs a few hundred days checked, not the cycle's 146,097.
+    """
+    first = last = None
+    longest = 0
+    base = 2000  # any year divisible by 400 starts a cycle
+    for year in range(base, base + GREGORIAN_CYCLE_YEARS):
+        earliest = next(_firing_days(spec, year, backwards=False), None)
+        if earliest is None:
+            continue
+        latest = next(_firing_days(spec, year, backwards=True))
+        if last is None:
+            first = earliest.toordinal()
+        else:
+            longest = max(longest, earliest.toordinal() - last)
+        last = latest.toordinal()
+    if first is None or last is None:
+        return None
+    return max(longest, first + GREGORIAN_CYCLE_DAYS - last)
+
+
+def _firing_days(spec: CronSpec, year: int, *, backwards: bool) -> Iterator[date]:
+    """Yield the days of `year` the expression fires on, from either end of the year."""
+    # Unless either day field is enough, only the day-of-month field's days can fire.
+    either = spec.day_restricted and spec.weekday_restricted
+    candidates = range(1, 32) if either else sorted(spec.days)
+    for month in sorted(spec.months, reverse=backwards):
+        month_days = calendar.monthrange(year, month)[1]
+        days = [day_of_month for day_of_month in candidates if day_of_month <= month_days]
+        for day_of_month in reversed(days) if backwards else days:
+            day = date(year, month, day_of_month)
+            if spec.matches_day(day):
+                yield day
 
 
 def due_occurrence(

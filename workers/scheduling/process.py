@@ -2,12 +2,14 @@
 
 The loop owns no state between passes (the database does), so stopping it at any point is safe;
 a signal only ends the loop between items and lets the current item finish. A pass that fails
-because PostgreSQL or the broker is down is logged and tried again on the next tick.
+because PostgreSQL is down is logged and tried again on the next tick; items whose message the
+broker refused are in the pass's report and stay due for the next one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -23,6 +25,11 @@ logger = logging.getLogger(__name__)
 # Seconds between passes: a one-off request fires at most this late, and a pass over an idle
 # database costs three indexed queries, so a few seconds is cheap for any number of replicas.
 DEFAULT_INTERVAL_SECONDS: Final = 5.0
+# Shorter than this and an idle loop only hammers PostgreSQL with claims (times the replicas).
+MIN_INTERVAL_SECONDS: Final = 0.1
+# Longer than the maintenance cadence (5 min) and the sweeps lag behind it; ten minutes past
+# their time the health metrics already count items as overdue.
+MAX_INTERVAL_SECONDS: Final = 300.0
 
 
 class PassRunner(Protocol):
@@ -36,8 +43,14 @@ class SchedulerLoop:
     """Run passes every `interval_seconds` until stopped."""
 
     def __init__(self, scheduler: PassRunner, *, interval_seconds: float) -> None:
-        if interval_seconds <= 0:
-            raise ValueError(f"interval must be positive, got {interval_seconds}")
+        if not (
+            math.isfinite(interval_seconds)
+            and MIN_INTERVAL_SECONDS <= interval_seconds <= MAX_INTERVAL_SECONDS
+        ):
+            raise ValueError(
+                f"interval must be from {MIN_INTERVAL_SECONDS} to {MAX_INTERVAL_SECONDS}"
+                f" seconds, got {interval_seconds}"
+            )
         self._scheduler = scheduler
         self._interval = interval_seconds
         self._stop = threading.Event()
@@ -60,10 +73,13 @@ class SchedulerLoop:
             logger.warning("scheduler pass failed, retrying next tick: %s", exc)
             return None
         if report.fired or report.maintenance_enqueued:
-            logger.info(
-                "scheduler pass: %d fired (%d enqueued), maintenance %s, %.3f s",
+            failed = [item for item in report.fired if item.status == "failed"]
+            logger.log(
+                logging.WARNING if failed else logging.INFO,
+                "scheduler pass: %d fired (%d enqueued, %d failed), maintenance %s, %.3f s",
                 len(report.fired),
                 len(report.enqueued()),
+                len(failed),
                 "enqueued" if report.maintenance_enqueued else "not due",
                 time.monotonic() - started,
             )
