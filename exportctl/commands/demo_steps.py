@@ -110,11 +110,14 @@ def seed(endpoints: StackEndpoints, users: int, out: TextIO) -> tuple[str, str]:
                 f"    seeded {report.users} users, {report.files} files, {objects} objects",
                 file=out,
             )
+        # Accounts the application soft-deleted may not export (the API answers 403).
         row = conn.execute(
-            "SELECT owner_id::text FROM files GROUP BY owner_id ORDER BY count(*) DESC LIMIT 1"
+            "SELECT f.owner_id::text FROM files f JOIN users u ON u.id = f.owner_id"
+            " WHERE u.deleted_at IS NULL GROUP BY f.owner_id ORDER BY count(*) DESC LIMIT 1"
         ).fetchone()
         admin = conn.execute(
-            "SELECT id::text FROM users ORDER BY (role = 'admin') DESC, id LIMIT 1"
+            "SELECT id::text FROM users WHERE deleted_at IS NULL"
+            " ORDER BY (role = 'admin') DESC, id LIMIT 1"
         ).fetchone()
     if row is None or admin is None:
         raise DemoError("the database has no user with files to export")

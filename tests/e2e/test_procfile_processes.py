@@ -93,7 +93,7 @@ def running(
     with connect(database_url) as conn:
         counts = conn.execute(
             "SELECT u.id::text FROM users u LEFT JOIN files f ON f.owner_id = u.id"
-            " GROUP BY u.id ORDER BY count(f.id), u.id"
+            " WHERE u.deleted_at IS NULL GROUP BY u.id ORDER BY count(f.id), u.id"
         ).fetchall()
     api_port, metrics_port = free_port(), free_port()
     env = with_bin_dir(
