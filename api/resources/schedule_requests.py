@@ -83,6 +83,10 @@ class ScheduleRequestsResource(ExportCreation):
         export_type, options, priority = self.checked(body, problems, None)
         require(principal, Action.BULK if export_type == "bulk" else Action.CREATE)
         scheduled_at = _scheduled_at(body.get("scheduledAt"), problems)
+        if key is None and scheduled_at is not None:
+            # Named with the body's other problems; with a key, only once it is known that
+            # this is no replay (a replay is answered even once its time has passed).
+            problems.update(_lead_problems(scheduled_at))
         if problems or options is None or scheduled_at is None:
             raise invalid_request(problems)
         fingerprint = (
@@ -102,9 +106,9 @@ class ScheduleRequestsResource(ExportCreation):
                     raise ProblemError("idempotency-key-reused")
                 row = earlier
             else:
-                # Checked here, not with the body: a replay is answered even once its time
-                # has passed.
-                _check_lead(scheduled_at)
+                lead = _lead_problems(scheduled_at)
+                if lead:
+                    raise invalid_request(lead)
                 self.make_room(conn, principal, permit, PENDING_REQUESTS_HELD)
                 row = _insert(
                     conn,
@@ -219,13 +223,14 @@ def _scheduled_at(value: object, problems: dict[str, str]) -> datetime | None:
     return moment
 
 
-def _check_lead(moment: datetime) -> None:
-    """Raise 400 unless a new request's time lies in the future, within MAX_LEAD."""
+def _lead_problems(moment: datetime) -> dict[str, str]:
+    """Return the problem of a new request's time unless it lies in the future, within MAX_LEAD."""
     now = datetime.now(UTC)
     if moment <= now:
-        raise invalid_request({"scheduledAt": "must be in the future"})
+        return {"scheduledAt": "must be in the future"}
     if moment > now + MAX_LEAD:
-        raise invalid_request({"scheduledAt": "must be within a year; use a recurring schedule"})
+        return {"scheduledAt": "must be within a year; use a recurring schedule"}
+    return {}
 
 
 @dataclass(frozen=True)

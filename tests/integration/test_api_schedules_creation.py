@@ -348,3 +348,21 @@ def test_idempotency_key_and_replay_are_in_the_openapi_document() -> None:
     assert [parameter["name"] for parameter in operation["parameters"]] == ["Idempotency-Key"]
     assert "Idempotent-Replayed" in operation["responses"]["200"]["headers"]
     assert "422" in operation["responses"]
+
+
+@pytest.mark.parametrize("key", [None, "retry-1"], ids=["without-key", "with-key"])
+def test_a_past_time_is_named_with_the_other_bad_fields_or_alone_for_a_keyed_request(
+    client: falcon.testing.TestClient, database_url: str, key: str | None
+) -> None:
+    user = add_user(database_url)
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+
+    both_bad = new_request(client, user, {"format": "pdf", "scheduledAt": past}, key=key)
+    only_time_bad = new_request(client, user, {"scheduledAt": past}, key=key)
+
+    assert both_bad.status_code == only_time_bad.status_code == 400
+    named = {error["field"] for error in both_bad.json["errors"]}
+    # Without a key every problem is named at once; a keyed request is checked for a replay
+    # before its time, so a past time is named once the body is otherwise valid.
+    assert named == ({"format", "scheduledAt"} if key is None else {"format"})
+    assert [error["field"] for error in only_time_bad.json["errors"]] == ["scheduledAt"]
