@@ -88,6 +88,20 @@ def _sql(runtime: Runtime, statement: str, *params: Any) -> None:
         conn.execute(statement, params)
 
 
+def _age_into_stuck(runtime: Runtime, *, lease_expired: str, queued_long_ago: str) -> None:
+    """Make one running export's lease 20 minutes expired and one queued export 2 days old."""
+    _sql(
+        runtime,
+        "UPDATE data_exports SET lease_expires_at = now() - interval '20 minutes' WHERE id = %s",
+        lease_expired,
+    )
+    _sql(
+        runtime,
+        "UPDATE data_exports SET created_at = now() - interval '2 days' WHERE id = %s",
+        queued_long_ago,
+    )
+
+
 def _events(runtime: Runtime, export_id: str) -> list[str]:
     with connect(runtime.settings.database_url) as conn:
         return [entry["event"] for entry in export_logs(conn, export_id)]
@@ -232,16 +246,7 @@ def test_stuck_export_is_failed_with_an_actionable_reason_and_its_upload_aborted
     upload = _start_upload(runtime, runtime.prefix(stuck) + "export.json")
     _running(runtime, stuck, upload_id=upload)
     _running(runtime, alive)
-    _sql(
-        runtime,
-        "UPDATE data_exports SET lease_expires_at = now() - interval '20 minutes' WHERE id = %s",
-        stuck,
-    )
-    _sql(
-        runtime,
-        "UPDATE data_exports SET created_at = now() - interval '2 days' WHERE id = %s",
-        never_picked,
-    )
+    _age_into_stuck(runtime, lease_expired=stuck, queued_long_ago=never_picked)
 
     assert fail_stuck_exports(runtime) == 2
 
@@ -470,16 +475,7 @@ def test_exports_failed_by_the_stuck_sweep_are_counted_as_failed_once(runtime: R
     stuck = _create(runtime)
     never_picked = _create(runtime)
     _running(runtime, stuck)
-    _sql(
-        runtime,
-        "UPDATE data_exports SET lease_expires_at = now() - interval '20 minutes' WHERE id = %s",
-        stuck,
-    )
-    _sql(
-        runtime,
-        "UPDATE data_exports SET created_at = now() - interval '2 days' WHERE id = %s",
-        never_picked,
-    )
+    _age_into_stuck(runtime, lease_expired=stuck, queued_long_ago=never_picked)
     before = _exports_counted("failed", "user")
 
     assert fail_stuck_exports(runtime) == 2
