@@ -14,12 +14,11 @@ import psycopg
 import pytest
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from psycopg.rows import dict_row
-from worker_processes import in_process_runtime
+from worker_processes import in_process_runtime, new_export
 
 from exportctl.seeding import seed_database
 from pipelines.database import connect
-from pipelines.jobs import NewExport, create_export, export_logs
-from pipelines.options import parse_options
+from pipelines.jobs import export_logs
 from pipelines.storage.sinks import UploadedPart
 from workers import attempt, bulk, resume
 from workers.attempt import Outcome
@@ -48,13 +47,7 @@ def runtime(settings_env: dict[str, str], s3_bucket: str) -> Runtime:
 
 
 def _create(runtime: Runtime, export_type: str, fmt: str) -> str:
-    with connect(runtime.settings.database_url) as conn:
-        user = conn.execute("SELECT id::text FROM users ORDER BY id LIMIT 1").fetchone()
-        assert user is not None
-        options = parse_options(fmt, {"compression": "none"}, default_compression="zstd")
-        created = create_export(conn, NewExport(user[0], export_type, options))  # type: ignore[arg-type]
-        conn.commit()
-    return str(created.row["id"])
+    return new_export(runtime.settings.database_url, export_type, fmt, "none")
 
 
 def _planned_shard(runtime: Runtime) -> tuple[str, str, SnapshotHolder]:
